@@ -1,0 +1,1 @@
+"""Tanso: carbon-credit marketplace and tender auctions for Japan's J-Credit scheme."""

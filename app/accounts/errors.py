@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from app.core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+
+
+class InvalidApiKey(Unauthorized):
+    code = "invalid_api_key"
+
+
+class MissingScope(Forbidden):
+    code = "insufficient_scope"
+
+
+class OrganizationNotFound(NotFound):
+    code = "organization_not_found"
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+
+
+class ScopeNotAllowed(InvalidInput):
+    code = "scope_not_allowed"

@@ -1,0 +1,10 @@
+"""The ``/v1`` router: every domain's routes."""
+
+from fastapi import APIRouter
+
+from app.accounts.router import router as accounts_router
+from app.ledger.router import router as ledger_router
+
+v1 = APIRouter(prefix="/v1")
+v1.include_router(accounts_router)
+v1.include_router(ledger_router)

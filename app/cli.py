@@ -1,0 +1,122 @@
+"""The ``tanso`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from app.config import get_settings
+from app.core.logging import configure_logging
+
+app = typer.Typer(help="Tanso: J-Credit marketplace and tender auctions.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Ledger maintenance.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+def _prepare_database() -> str:
+    """The database URL, with the embedded server started if none is configured, migrated."""
+    from app.db.runtime import resolve_database_url, upgrade_to_head
+
+    url = resolve_database_url()
+    upgrade_to_head(url)
+    return url
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes.")] = 1,
+    demo: Annotated[
+        bool | None,
+        typer.Option(help="Load demo data (default: only on the embedded database)."),
+    ] = None,
+) -> None:
+    """Migrate the database (starting the embedded one if none is configured) and serve the API."""
+    import uvicorn
+
+    settings = get_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    embedded = settings.database.url is None
+    url = _prepare_database()
+    if demo if demo is not None else embedded:
+        from app.demo import load_demo
+
+        asyncio.run(load_demo(url, announce=True))
+    # Worker processes attach to this server through the environment; this process owns it.
+    os.environ["TANSO_DATABASE__URL"] = url
+    get_settings.cache_clear()
+    uvicorn.run(
+        "app.main:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        proxy_headers=True,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema to the latest migration."""
+    settings = get_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    _prepare_database()
+    typer.echo("database migrated to head")
+
+
+@app.command()
+def demo() -> None:
+    """Load demo organisations, API keys and balances, and print the keys."""
+    from app.demo import load_demo
+
+    settings = get_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    asyncio.run(load_demo(_prepare_database(), announce=True))
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Recompute every balance from the postings and check every invariant; exit 1 on any violation."""
+    from app.ledger.verify import run_checks
+
+    settings = get_settings()
+    configure_logging(json=settings.log_json, level="WARNING")
+    url = _prepare_database()
+
+    async def main() -> bool:
+        from app.db.session import create_engine, create_sessionmaker
+
+        engine = create_engine(settings, url)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                results = await run_checks(session)
+        finally:
+            await engine.dispose()
+        for result in results:
+            mark = "ok  " if result.ok else "FAIL"
+            typer.echo(f"{mark} {result.name}: {result.description} ({result.checked} checked)")
+            for violation in result.violations:
+                typer.echo(f"       violation: {violation}")
+        bad = [r for r in results if not r.ok]
+        typer.echo(
+            f"ledger verify: {len(results) - len(bad)} of {len(results)} checks passed"
+            + ("" if not bad else f"; {len(bad)} failed")
+        )
+        return not bad
+
+    if not asyncio.run(main()):
+        raise typer.Exit(code=1)
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="tanso")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

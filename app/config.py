@@ -1,0 +1,71 @@
+"""Settings: one object, read from the environment (prefix ``TANSO_``, nested with ``__``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_ADMIN_KEY = "tanso_admin_dev_only_change_me"
+
+
+class DatabaseSettings(BaseModel):
+    # None means: start the embedded PostgreSQL in ``data_dir``.
+    url: str | None = None
+    pool_size: int = Field(20, ge=1, le=200)
+    max_overflow: int = Field(10, ge=0, le=200)
+    echo: bool = False
+
+
+class AuthSettings(BaseModel):
+    admin_key: SecretStr = SecretStr(DEV_ADMIN_KEY)
+
+
+class LedgerSettings(BaseModel):
+    cash_asset: str = "JPY"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TANSO_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".tanso")
+    log_json: bool = False
+    log_level: str = "INFO"
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    database: DatabaseSettings = DatabaseSettings()
+    auth: AuthSettings = AuthSettings()
+    ledger: LedgerSettings = LedgerSettings()
+
+    # Accept the conventional DATABASE_URL (and TANSO_ADMIN_KEY) as well as the nested names.
+    database_url_alias: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "TANSO_DATABASE_URL")
+    )
+    admin_key_alias: SecretStr | None = Field(None, validation_alias="TANSO_ADMIN_KEY")
+
+    @model_validator(mode="after")
+    def _apply_aliases_and_guard_secrets(self) -> Settings:
+        if self.database.url is None and self.database_url_alias:
+            self.database.url = self.database_url_alias
+        if self.admin_key_alias is not None:
+            self.auth.admin_key = self.admin_key_alias
+        if self.environment == "production":
+            if self.auth.admin_key.get_secret_value() == DEV_ADMIN_KEY:
+                raise ValueError("TANSO_ADMIN_KEY must be set outside development")
+            if len(self.auth.admin_key.get_secret_value()) < 24:
+                raise ValueError("TANSO_ADMIN_KEY must be at least 24 characters")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

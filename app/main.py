@@ -1,0 +1,108 @@
+"""The ASGI application: ``create_app()``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.api import v1
+from app.config import Settings, get_settings
+from app.core.errors import install_error_handlers, problem_response
+from app.core.idempotency import IdempotencyMiddleware
+from app.core.logging import configure_logging
+from app.core.middleware import RequestIdMiddleware
+from app.db.runtime import current_revisions, head_revisions, resolve_database_url
+from app.db.session import create_engine, create_sessionmaker
+
+log = structlog.get_logger()
+
+DESCRIPTION = """
+Tanso runs sealed-bid government tender auctions and a bilateral order book for J-Credits,
+settles every trade delivery-versus-payment on a double-entry ledger of yen and credits, and
+turns retired credits into publicly verifiable carbon-offset claims.
+
+**Auth**: `Authorization: Bearer <api key>`. **Errors**: `application/problem+json` with a
+stable `code`. **Idempotency**: every `POST` accepts `Idempotency-Key`. **Lists**: `?limit=`
+and `?cursor=`, answered with `{"data": [...], "next_cursor": ...}`. Amounts are integers:
+yen, whole t-CO2e credits, grams.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        if getattr(app.state, "engine", None) is None:
+            url = resolve_database_url(settings)
+            app.state.engine = create_engine(settings, url)
+            app.state.sessionmaker = create_sessionmaker(app.state.engine)
+            owns_engine = True
+        else:  # tests hand in their own engine
+            owns_engine = False
+        app.state.heads = head_revisions()
+        log.info("app.started", environment=settings.environment)
+        yield {}
+        if owns_engine:
+            await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Tanso",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "organizations", "description": "Organisations, API keys, the caller."},
+            {"name": "ledger", "description": "Cash and credit balances, accounts, postings, deposits."},
+            {"name": "health", "description": "Liveness and readiness."},
+        ],
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(v1)
+
+    @app.get("/health", tags=["health"], summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/ready",
+        tags=["health"],
+        summary="Readiness: the database answers and its schema is at the migrations' head",
+        responses={503: {"description": "Not ready"}},
+    )
+    async def ready(request: Request) -> JSONResponse:
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+                current = await conn.run_sync(current_revisions)
+        except Exception as exc:  # any failure to reach the database means "not ready"
+            log.warning("health.db_unreachable", error=type(exc).__name__)
+            return problem_response(request, 503, "database_unavailable", "The database does not answer.")
+        if current != request.app.state.heads:
+            return problem_response(
+                request,
+                503,
+                "migrations_pending",
+                "The database schema is not at the latest migration.",
+                current=sorted(current),
+                head=sorted(request.app.state.heads),
+            )
+        return JSONResponse({"status": "ready", "database": "ok", "migrations": sorted(current)})
+
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For ``uvicorn --factory app.main:app_factory`` (each worker builds its own)."""
+    settings = get_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    return create_app(settings)
