@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from typing import Annotated
 
 import typer
@@ -114,9 +113,5 @@ def ledger_verify() -> None:
         raise typer.Exit(code=1)
 
 
-def main() -> None:  # pragma: no cover
-    app(prog_name="tanso")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    app(prog_name="tanso")

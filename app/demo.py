@@ -65,8 +65,14 @@ async def load_demo(url: str, *, announce: bool = False) -> dict[str, str]:
         async with session_scope(sessionmaker) as session:
             names = [org.name for org, _, _ in DEMO_ORGS]
             existing = (
-                await session.execute(select(Organization.name).where(Organization.name.in_(names)))
-            ).scalars().all()
+                (
+                    await session.execute(
+                        select(Organization.name).where(Organization.name.in_(names))
+                    )
+                )
+                .scalars()
+                .all()
+            )
             if existing:
                 if announce:
                     typer.echo(f"Demo data already loaded; its API keys are in {keys_file}")
@@ -80,7 +86,9 @@ async def load_demo(url: str, *, announce: bool = False) -> dict[str, str]:
                 )
                 keys[org.name] = secret
                 if yen:
-                    await ledger_service.record_deposit(session, org.id, yen, "demo-opening-balance")
+                    await ledger_service.record_deposit(
+                        session, org.id, yen, "demo-opening-balance"
+                    )
     finally:
         await engine.dispose()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +98,8 @@ async def load_demo(url: str, *, announce: bool = False) -> dict[str, str]:
         typer.echo("Demo data loaded. API keys (shown once; also saved to " + str(keys_file) + "):")
         for name, secret in keys.items():
             typer.echo(f"  {name}: {secret}")
-        typer.echo("Administrator key: the value of TANSO_ADMIN_KEY (development default in app/config.py)")
+        typer.echo(
+            "Administrator key: the value of TANSO_ADMIN_KEY (development default in app/config.py)"
+        )
     log.info("demo.loaded", organizations=len(keys))
     return keys

@@ -59,7 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[
             {"name": "organizations", "description": "Organisations, API keys, the caller."},
-            {"name": "ledger", "description": "Cash and credit balances, accounts, postings, deposits."},
+            {
+                "name": "ledger",
+                "description": "Cash and credit balances, accounts, postings, deposits.",
+            },
             {"name": "health", "description": "Liveness and readiness."},
         ],
     )
@@ -86,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 current = await conn.run_sync(current_revisions)
         except Exception as exc:  # any failure to reach the database means "not ready"
             log.warning("health.db_unreachable", error=type(exc).__name__)
-            return problem_response(request, 503, "database_unavailable", "The database does not answer.")
+            return problem_response(
+                request, 503, "database_unavailable", "The database does not answer."
+            )
         if current != request.app.state.heads:
             return problem_response(
                 request,

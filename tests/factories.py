@@ -47,10 +47,16 @@ async def create_org(
     return Org(id=org["id"], key=r.json()["key"], key_id=r.json()["id"], body=org)
 
 
-async def deposit(client: httpx.AsyncClient, org: Org, amount: int, reference: str | None = None) -> dict[str, Any]:
+async def deposit(
+    client: httpx.AsyncClient, org: Org, amount: int, reference: str | None = None
+) -> dict[str, Any]:
     r = await client.post(
         "/v1/deposits",
-        json={"organization_id": org.id, "amount": amount, "reference": reference or f"ref-{next(_seq)}"},
+        json={
+            "organization_id": org.id,
+            "amount": amount,
+            "reference": reference or f"ref-{next(_seq)}",
+        },
         headers=ADMIN,
     )
     assert r.status_code == 201, r.text

@@ -111,7 +111,9 @@ async def list_api_keys(
     responses=problem_responses(*AUTH_ERRORS, ApiKeyNotFound),
     summary="Revoke an API key; it stops working at once",
 )
-async def revoke_api_key(api_key_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> Response:
+async def revoke_api_key(
+    api_key_id: uuid.UUID, session: SessionDep, principal: PrincipalDep
+) -> Response:
     await accounts_service.revoke_api_key(session, principal, api_key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

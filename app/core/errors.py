@@ -60,7 +60,9 @@ class InvalidInput(DomainError):
     code = "validation_error"
 
     def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
-        errors = [{"loc": ["body", field] if field else ["body"], "msg": detail, "type": "value_error"}]
+        errors = [
+            {"loc": ["body", field] if field else ["body"], "msg": detail, "type": "value_error"}
+        ]
         super().__init__(detail, errors=errors, **extra)
 
 

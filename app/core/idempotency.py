@@ -127,7 +127,12 @@ class IdempotencyMiddleware:
         caller = caller_digest(token)
         fingerprint = hashlib.sha256(
             b"\0".join(
-                [scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b""), body]
+                [
+                    scope["method"].encode(),
+                    scope["path"].encode(),
+                    scope.get("query_string", b""),
+                    body,
+                ]
             )
         ).hexdigest()
 

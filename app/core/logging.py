@@ -32,7 +32,9 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info if json else structlog.processors.ExceptionPrettyPrinter(),
+                structlog.processors.format_exc_info
+                if json
+                else structlog.processors.ExceptionPrettyPrinter(),
                 renderer,
             ],
         )

@@ -55,4 +55,6 @@ PageDep = Annotated[PageParams, Depends(page_params)]
 def make_page(rows: list[T], params: PageParams, key: str | None) -> Page[T]:
     """``rows`` were fetched with ``limit + 1``; ``key`` is the sort key of row ``limit - 1``."""
     has_more = len(rows) > params.limit
-    return Page(data=rows[: params.limit], next_cursor=encode_cursor(key) if has_more and key else None)
+    return Page(
+        data=rows[: params.limit], next_cursor=encode_cursor(key) if has_more and key else None
+    )

@@ -30,7 +30,7 @@ class Repository(Generic[M]):
         self.session = session
 
     async def get(self, id: uuid.UUID, *, for_update: bool = False) -> M | None:
-        stmt: Select[tuple[M]] = select(self.model).where(self.model.id == id)  # type: ignore[attr-defined]
+        stmt: Select[Any] = select(self.model).where(self.model.id == id)  # type: ignore[attr-defined]
         if for_update:
             stmt = stmt.with_for_update()
         result: M | None = (await self.session.execute(stmt)).scalar_one_or_none()
@@ -40,13 +40,17 @@ class Repository(Generic[M]):
         self.session.add(obj)
         return obj
 
-    async def page(self, stmt: Select[tuple[M]], params: PageParams, *, newest_first: bool = True) -> Page[M]:
+    async def page(
+        self, stmt: Select[Any], params: PageParams, *, newest_first: bool = True
+    ) -> Page[M]:
         """Keyset page over a UUIDv7 primary key (creation order)."""
         id_col: Any = self.model.id  # type: ignore[attr-defined]
         if params.after is not None:
             after = parse_uuid_cursor(params.after)
             stmt = stmt.where(id_col < after if newest_first else id_col > after)
-        stmt = stmt.order_by(id_col.desc() if newest_first else id_col.asc()).limit(params.limit + 1)
+        stmt = stmt.order_by(id_col.desc() if newest_first else id_col.asc()).limit(
+            params.limit + 1
+        )
         rows: Sequence[M] = (await self.session.execute(stmt)).scalars().all()
         last = rows[params.limit - 1] if len(rows) > params.limit else None
         return make_page(list(rows), params, str(last.id) if last is not None else None)  # type: ignore[attr-defined]

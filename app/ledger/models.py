@@ -70,9 +70,7 @@ class Asset(Base):
 class Account(IdMixin, Base):
     __tablename__ = "ledger_accounts"
     __table_args__ = (
-        UniqueConstraint(
-            "organization_id", "asset", "kind", postgresql_nulls_not_distinct=True
-        ),
+        UniqueConstraint("organization_id", "asset", "kind", postgresql_nulls_not_distinct=True),
         UniqueConstraint("id", "asset"),
         CheckConstraint("NOT is_non_negative OR balance >= 0", name="non_negative"),
         CheckConstraint(

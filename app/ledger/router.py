@@ -69,9 +69,13 @@ async def get_balances(session: SessionDep, principal: ReaderDep) -> BalancesRea
     responses=problem_responses(*AUTH_ERRORS),
     summary="The caller's ledger accounts",
 )
-async def list_accounts(session: SessionDep, principal: ReaderDep, page: PageDep) -> Page[AccountRead]:
+async def list_accounts(
+    session: SessionDep, principal: ReaderDep, page: PageDep
+) -> Page[AccountRead]:
     result = await ledger_service.list_accounts(session, principal.organization_id, page)
-    return Page(data=[AccountRead.model_validate(a) for a in result.data], next_cursor=result.next_cursor)
+    return Page(
+        data=[AccountRead.model_validate(a) for a in result.data], next_cursor=result.next_cursor
+    )
 
 
 @router.get(

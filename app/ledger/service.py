@@ -177,7 +177,9 @@ def _translate(exc: DBAPIError) -> Exception:
             "The balance is not enough for this operation.", account_id=account
         )
     if sqlstate == "23503":
-        return InvalidEntry("A posting names an account that does not exist or holds another asset.")
+        return InvalidEntry(
+            "A posting names an account that does not exist or holds another asset."
+        )
     return exc
 
 
@@ -201,7 +203,8 @@ async def reserve(
     except EntryError as exc:
         raise InvalidEntry(str(exc)) from exc
     await post_entry(
-        session, EntrySpec(kind="hold", legs=legs, reference=reference, metadata={"hold_id": str(hold_id)})
+        session,
+        EntrySpec(kind="hold", legs=legs, reference=reference, metadata={"hold_id": str(hold_id)}),
     )
     now = utc_now()
     await session.execute(
@@ -250,7 +253,11 @@ async def _take_from_hold(
 
 
 async def release(
-    session: AsyncSession, hold_id: uuid.UUID, amount: int | None = None, *, reference: str | None = None
+    session: AsyncSession,
+    hold_id: uuid.UUID,
+    amount: int | None = None,
+    *,
+    reference: str | None = None,
 ) -> int:
     """Give back (part of) a hold to the owner's available balance. Returns the amount released."""
     hold, take = await _take_from_hold(session, hold_id, amount)
@@ -313,7 +320,9 @@ async def balances(session: AsyncSession, organization_id: uuid.UUID) -> list[As
     ).all()
     out: dict[str, dict[str, Any]] = {}
     for asset, asset_kind, kind, balance in rows:
-        item = out.setdefault(asset, {"asset_kind": AssetKind(asset_kind), "available": 0, "held": 0})
+        item = out.setdefault(
+            asset, {"asset_kind": AssetKind(asset_kind), "available": 0, "held": 0}
+        )
         item[kind] = balance
     return [
         AssetBalance(asset=a, asset_kind=v["asset_kind"], available=v["available"], held=v["held"])
@@ -327,7 +336,9 @@ async def list_accounts(
     stmt = select(Account).where(Account.organization_id == organization_id)
     if params.after is not None:
         stmt = stmt.where(Account.id > parse_uuid_cursor(params.after))
-    rows = list((await session.execute(stmt.order_by(Account.id).limit(params.limit + 1))).scalars())
+    rows = list(
+        (await session.execute(stmt.order_by(Account.id).limit(params.limit + 1))).scalars()
+    )
     last = rows[params.limit - 1] if len(rows) > params.limit else None
     return make_page(rows, params, str(last.id) if last else None)
 
@@ -375,7 +386,9 @@ async def list_postings(
             raise InvalidEntry("cursor is not valid", field="cursor") from exc
     rows = [
         PostingView(*row)
-        for row in (await session.execute(stmt.order_by(Posting.id.desc()).limit(params.limit + 1))).all()
+        for row in (
+            await session.execute(stmt.order_by(Posting.id.desc()).limit(params.limit + 1))
+        ).all()
     ]
     last = rows[params.limit - 1] if len(rows) > params.limit else None
     return make_page(rows, params, str(last.id) if last else None)
