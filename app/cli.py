@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from typing import Annotated
 
 import typer
 
 from app.config import get_settings
 from app.core.logging import configure_logging
+from app.db.runtime import stop_embedded
 
 app = typer.Typer(help="Tanso: J-Credit marketplace and tender auctions.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Ledger maintenance.", no_args_is_help=True)
@@ -41,23 +43,33 @@ def serve(
     settings = get_settings()
     configure_logging(json=settings.log_json, level=settings.log_level)
     embedded = settings.database.url is None
-    url = _prepare_database()
-    if demo if demo is not None else embedded:
-        from app.demo import load_demo
+    # uvicorn re-raises SIGTERM after a graceful shutdown; make that an ordinary exit so the
+    # embedded server is stopped below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        url = _prepare_database()
+        if demo if demo is not None else embedded:
+            from app.demo import load_demo
 
-        asyncio.run(load_demo(url, announce=True))
-    # Worker processes attach to this server through the environment; this process owns it.
-    os.environ["TANSO_DATABASE__URL"] = url
-    get_settings.cache_clear()
-    uvicorn.run(
-        "app.main:app_factory",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        proxy_headers=True,
-    )
+            asyncio.run(load_demo(url, announce=True))
+        # Worker processes attach to this server through the environment; this process owns it.
+        os.environ["TANSO_DATABASE__URL"] = url
+        get_settings.cache_clear()
+        uvicorn.run(
+            "app.main:app_factory",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            proxy_headers=True,
+        )
+    finally:
+        stop_embedded()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @app.command()
@@ -65,7 +77,10 @@ def migrate() -> None:
     """Bring the database schema to the latest migration."""
     settings = get_settings()
     configure_logging(json=settings.log_json, level=settings.log_level)
-    _prepare_database()
+    try:
+        _prepare_database()
+    finally:
+        stop_embedded()
     typer.echo("database migrated to head")
 
 
@@ -76,7 +91,10 @@ def demo() -> None:
 
     settings = get_settings()
     configure_logging(json=settings.log_json, level=settings.log_level)
-    asyncio.run(load_demo(_prepare_database(), announce=True))
+    try:
+        asyncio.run(load_demo(_prepare_database(), announce=True))
+    finally:
+        stop_embedded()
 
 
 @ledger_app.command("verify")
@@ -109,7 +127,11 @@ def ledger_verify() -> None:
         )
         return not bad
 
-    if not asyncio.run(main()):
+    try:
+        ok = asyncio.run(main())
+    finally:
+        stop_embedded()
+    if not ok:
         raise typer.Exit(code=1)
 
 

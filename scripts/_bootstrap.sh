@@ -19,8 +19,12 @@ find_python() {
 if [ ! -x "$VENV/bin/python" ]; then
   "$(find_python)" -m venv "$VENV"
 fi
-stamp="$VENV/.tanso-install-$1"
+# A dev install (tests) also serves; a run install is enough only to serve.
 want="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-16)"
+stamp="$VENV/.tanso-install-$1"
+if [ "$1" = "run" ] && [ -f "$VENV/.tanso-install-dev" ] && [ "$(cat "$VENV/.tanso-install-dev")" = "$want" ]; then
+  stamp="$VENV/.tanso-install-dev"
+fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   extra=""

