@@ -99,8 +99,11 @@ def demo() -> None:
 
 @ledger_app.command("verify")
 def ledger_verify() -> None:
-    """Recompute every balance from the postings and check every invariant; exit 1 on any violation."""
+    """Recompute every balance from the postings and check every ledger and registry
+    invariant (serial partition, blocks against balances, claims within retirements);
+    exit 1 on any violation."""
     from app.ledger.verify import run_checks
+    from app.offsets.verify import run_registry_checks
 
     settings = get_settings()
     configure_logging(json=settings.log_json, level="WARNING")
@@ -112,7 +115,7 @@ def ledger_verify() -> None:
         engine = create_engine(settings, url)
         try:
             async with create_sessionmaker(engine)() as session:
-                results = await run_checks(session)
+                results = await run_checks(session) + await run_registry_checks(session)
         finally:
             await engine.dispose()
         for result in results:
@@ -129,6 +132,49 @@ def ledger_verify() -> None:
 
     try:
         ok = asyncio.run(main())
+    finally:
+        stop_embedded()
+    if not ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=100, help="Jobs run at the same time by this process.")
+    ] = 4,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option("--queue", "-q", help="Take jobs from this queue only (repeatable)."),
+    ] = None,
+    burst: Annotated[
+        bool, typer.Option(help="Run the jobs that are ready, then exit (for cron and CI).")
+    ] = False,
+    shutdown_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to let running jobs finish on SIGTERM (default: no limit)."),
+    ] = None,
+) -> None:
+    """Migrate the database (starting the embedded one if none is configured) and run jobs.
+
+    SIGINT/SIGTERM: take no new job, finish the running ones, exit; a second signal exits at
+    once. Any number of workers may run side by side: each job runs in one of them.
+    """
+    from app.worker.runner import run_worker_until_signalled
+
+    settings = get_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    try:
+        url = _prepare_database()
+        ok = asyncio.run(
+            run_worker_until_signalled(
+                url,
+                concurrency=concurrency,
+                queues=queue,
+                burst=burst,
+                shutdown_timeout=shutdown_timeout,
+            )
+        )
     finally:
         stop_embedded()
     if not ok:

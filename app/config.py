@@ -28,6 +28,12 @@ class LedgerSettings(BaseModel):
     cash_asset: str = "JPY"
 
 
+class ClaimsSettings(BaseModel):
+    # Ed25519 private key (PEM, PKCS#8) that signs published claims. Unset in development and
+    # tests: one is made on first use and kept in ``<data_dir>/claims-signing-key.pem``.
+    signing_key: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TANSO_",
@@ -45,6 +51,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     ledger: LedgerSettings = LedgerSettings()
+    claims: ClaimsSettings = ClaimsSettings()
 
     # Accept the conventional DATABASE_URL (and TANSO_ADMIN_KEY) as well as the nested names.
     database_url_alias: str | None = Field(
@@ -63,6 +70,8 @@ class Settings(BaseSettings):
                 raise ValueError("TANSO_ADMIN_KEY must be set outside development")
             if len(self.auth.admin_key.get_secret_value()) < 24:
                 raise ValueError("TANSO_ADMIN_KEY must be at least 24 characters")
+            if self.claims.signing_key is None:
+                raise ValueError("TANSO_CLAIMS__SIGNING_KEY must be set outside development")
         return self
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.accounts import service as accounts_service
 from app.api import v1
 from app.config import Settings, get_settings
 from app.core.errors import install_error_handlers, problem_response
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(IdempotencyMiddleware, authenticate=accounts_service.authenticate)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(v1)
 

@@ -28,20 +28,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 os.environ["TANSO_ADMIN_KEY"] = ADMIN_KEY
 os.environ["TANSO_ENVIRONMENT"] = "test"
+os.environ["TANSO_DATA_DIR"] = tempfile.mkdtemp(prefix="tanso-test-data-")
 os.environ.pop("TANSO_DATABASE__URL", None)
 os.environ.pop("DATABASE_URL", None)
 
 from app.config import Settings, get_settings  # noqa: E402
+from app.core.logging import configure_logging  # noqa: E402
 from app.db.embedded import EmbeddedPostgres, start_embedded  # noqa: E402
 from app.db.runtime import upgrade_to_head  # noqa: E402
 from app.db.session import create_sessionmaker  # noqa: E402
 from app.db.url import async_url, libpq_url  # noqa: E402
 from app.main import create_app  # noqa: E402
 
+configure_logging(json=False, level="WARNING")
+
 _EMBEDDED_DIR: Path | None = None
 _EMBEDDED: EmbeddedPostgres | None = None
 # Tables whose rows are reference data kept between tests (JPY is seeded by a migration).
-KEEP = {"alembic_version", "ledger_assets"}
+KEEP = {"alembic_version", "ledger_assets", "offset_serial_counter"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

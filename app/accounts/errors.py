@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from app.core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from app.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 
 
 class InvalidApiKey(Unauthorized):
@@ -21,3 +21,7 @@ class ApiKeyNotFound(NotFound):
 
 class ScopeNotAllowed(InvalidInput):
     code = "scope_not_allowed"
+
+
+class CorporateNumberTaken(Conflict):
+    code = "corporate_number_taken"

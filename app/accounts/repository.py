@@ -3,7 +3,9 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from app.accounts.errors import CorporateNumberTaken
 from app.accounts.models import ApiKey, Organization
 from app.core.pagination import Page, PageParams
 from app.core.repository import Repository
@@ -11,6 +13,20 @@ from app.core.repository import Repository
 
 class OrganizationRepository(Repository[Organization]):
     model = Organization
+
+    async def insert(self, org: Organization) -> Organization:
+        """Add and flush; a corporate number taken meanwhile by a concurrent request is a 409."""
+        self.session.add(org)
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            if "organizations_corporate_number_key" in str(exc.orig):
+                raise CorporateNumberTaken(
+                    "An organisation with this corporate number already exists.",
+                    corporate_number=org.corporate_number,
+                ) from exc
+            raise
+        return org
 
     async def list_page(self, params: PageParams) -> Page[Organization]:
         return await self.page(select(Organization), params)

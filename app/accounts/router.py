@@ -8,6 +8,7 @@ from app.accounts import service as accounts_service
 from app.accounts.dependencies import AdminDep, PrincipalDep
 from app.accounts.errors import (
     ApiKeyNotFound,
+    CorporateNumberTaken,
     InvalidApiKey,
     MissingScope,
     OrganizationNotFound,
@@ -22,7 +23,6 @@ from app.accounts.schemas import (
     OrganizationCreate,
     OrganizationRead,
 )
-from app.accounts.service import CorporateNumberTaken
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
 from app.db.session import SessionDep

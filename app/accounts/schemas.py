@@ -8,8 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from app.accounts.models import OrganizationKind, OrganizationStatus, Scope
 from app.accounts.validation import is_valid_corporate_number, is_valid_prefecture
+from app.core.validation import PlainText
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText
+]
+GroupName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText
+]
 
 
 class OrganizationCreate(BaseModel):
@@ -23,9 +29,9 @@ class OrganizationCreate(BaseModel):
     corporate_number: str | None = Field(
         None, description="法人番号: 13 digits, check digit verified.", examples=["7000012050002"]
     )
-    group: Annotated[
-        str | None, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
-    ] = Field(None, description="Corporate group: bidding caps apply across a group.")
+    group: GroupName | None = Field(
+        None, description="Corporate group: bidding caps apply across a group."
+    )
 
     @field_validator("prefecture")
     @classmethod
@@ -58,7 +64,9 @@ class OrganizationRead(BaseModel):
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText
+    ]
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.errors import (
     ApiKeyNotFound,
+    CorporateNumberTaken,
     InvalidApiKey,
     MissingScope,
     OrganizationNotFound,
@@ -27,7 +28,6 @@ from app.accounts.models import (
 )
 from app.accounts.repository import ApiKeyRepository, OrganizationRepository
 from app.accounts.schemas import ApiKeyCreate, OrganizationCreate
-from app.core.errors import Conflict
 from app.core.pagination import Page, PageParams
 from app.core.time import utc_now
 
@@ -42,10 +42,6 @@ ALLOWED_PLATFORM_SCOPES: dict[OrganizationKind, frozenset[Scope]] = {
     OrganizationKind.platform: PLATFORM_SCOPES,
     OrganizationKind.government: frozenset({Scope.auctioneer}),
 }
-
-
-class CorporateNumberTaken(Conflict):
-    code = "corporate_number_taken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +104,7 @@ async def create_organization(session: AsyncSession, data: OrganizationCreate) -
             "An organisation with this corporate number already exists.",
             corporate_number=data.corporate_number,
         )
-    org = repo.add(
+    org = await repo.insert(
         Organization(
             name=data.name,
             kind=data.kind,
@@ -118,7 +114,6 @@ async def create_organization(session: AsyncSession, data: OrganizationCreate) -
             status=OrganizationStatus.active,
         )
     )
-    await session.flush()
     log.info("accounts.organization_created", organization_id=str(org.id), kind=org.kind)
     return org
 
@@ -144,11 +139,12 @@ async def require_organization(session: AsyncSession, organization_id: uuid.UUID
 
 
 def _check_grantable(principal: Principal, org: Organization, scopes: set[Scope]) -> None:
-    allowed_platform = ALLOWED_PLATFORM_SCOPES.get(org.kind, frozenset())
+    kind = OrganizationKind(org.kind)  # the String column loads a plain str, not the enum
+    allowed_platform = ALLOWED_PLATFORM_SCOPES.get(kind, frozenset())
     refused = sorted(s.value for s in scopes if s in PLATFORM_SCOPES and s not in allowed_platform)
     if refused:
         raise ScopeNotAllowed(
-            f"An organisation of kind {org.kind.value!r} cannot hold: {', '.join(refused)}.",
+            f"An organisation of kind {kind.value!r} cannot hold: {', '.join(refused)}.",
             field="scopes",
         )
     if not principal.is_admin:

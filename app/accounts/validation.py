@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-_CORPORATE_NUMBER = re.compile(r"^[0-9]{13}$")
-_PREFECTURE = re.compile(r"^(0[1-9]|[1-3][0-9]|4[0-7])$")
+_CORPORATE_NUMBER = re.compile(r"[0-9]{13}")
+_PREFECTURE = re.compile(r"0[1-9]|[1-3][0-9]|4[0-7]")
 
 
 def corporate_number_check_digit(base12: str) -> int:
@@ -19,11 +19,12 @@ def corporate_number_check_digit(base12: str) -> int:
 
 
 def is_valid_corporate_number(value: str) -> bool:
-    return bool(_CORPORATE_NUMBER.match(value)) and int(value[0]) == corporate_number_check_digit(
-        value[1:]
-    )
+    # fullmatch, not match: ``$`` also matches before a trailing newline.
+    return bool(_CORPORATE_NUMBER.fullmatch(value)) and int(
+        value[0]
+    ) == corporate_number_check_digit(value[1:])
 
 
 def is_valid_prefecture(value: str) -> bool:
     """JIS X 0401 prefecture code, two digits, 01 (Hokkaido) to 47 (Okinawa)."""
-    return bool(_PREFECTURE.match(value))
+    return bool(_PREFECTURE.fullmatch(value))

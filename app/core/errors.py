@@ -59,9 +59,16 @@ class InvalidInput(DomainError):
     status_code = 422
     code = "validation_error"
 
-    def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, detail: str, *, field: str | None = None, location: str = "body", **extra: Any
+    ) -> None:
+        """``location`` is where ``field`` was sent: ``body``, ``query``, ``path`` or ``header``."""
         errors = [
-            {"loc": ["body", field] if field else ["body"], "msg": detail, "type": "value_error"}
+            {
+                "loc": [location, field] if field else [location],
+                "msg": detail,
+                "type": "value_error",
+            }
         ]
         super().__init__(detail, errors=errors, **extra)
 
@@ -138,6 +145,11 @@ _STATUS_CODES = {
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as problem+json, and document them so in the OpenAPI document."""
+    from app.core.openapi import install_openapi  # imports this module: import it late
+
+    install_openapi(app)
+
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
@@ -165,4 +177,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("http.unhandled_error", path=request.url.path)
-        return problem_response(request, 500, "internal_error", "An unexpected error occurred.")
+        # This handler runs outside RequestIdMiddleware (Starlette's ServerErrorMiddleware is
+        # the outermost layer), so the id the log line carries is added to the response here.
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        return problem_response(
+            request,
+            500,
+            "internal_error",
+            "An unexpected error occurred.",
+            headers={"X-Request-ID": request_id} if request_id else None,
+        )

@@ -15,21 +15,37 @@ How it works (a pure ASGI middleware):
    describes and committed before a byte is sent: either both exist or neither does, so a
    retry after a crash can never apply twice. A non-2xx response is rolled back and not
    stored (nothing was applied, so a retry may run again).
+5. A stored response is replayed only to a caller that still authenticates: a revoked key
+   (or a suspended organisation's) gets the same 401 as on any other request.
+6. Stored bodies are sealed (AES-256-GCM, key = HKDF-SHA256 of the caller's bearer token)
+   with a key the database never holds (it keeps only the token's SHA-256). A response may
+   carry a secret (``POST .../api-keys`` returns the new key once): it must not sit in the
+   database in clear, yet the caller's retry must still get it back.
+
+The caller check of point 5 is injected (``authenticate``) by ``app.main``, so this module
+depends on no business domain.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import structlog
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import LargeBinary, SmallInteger, String, func, select
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import problem_response
+from app.core.errors import DomainError, problem_response
 from app.core.time import utc_now
 from app.db.base import Base
 from app.db.session import REQUEST_SESSION_KEY
@@ -40,6 +56,11 @@ HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
 MAX_BODY_BYTES = 1 << 20
 _REPLAYED_HEADERS = {"content-type", "location"}
+_NONCE_BYTES = 12
+
+# (session, bearer token, admin key) -> None, raising a DomainError (401) for a caller that
+# no longer authenticates.
+Authenticate = Callable[[AsyncSession, str, str], Awaitable[object]]
 
 
 class IdempotencyRecord(Base):
@@ -56,6 +77,25 @@ class IdempotencyRecord(Base):
 
 def caller_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _aead(token: str, key: str) -> AESGCM:
+    derived = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"tanso-idempotency\0" + key.encode()
+    ).derive(token.encode())
+    return AESGCM(derived)
+
+
+def seal_body(token: str, key: str, body: bytes) -> bytes:
+    """``nonce || AES-256-GCM(body)`` under a key only the caller's token can derive."""
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    return nonce + _aead(token, key).encrypt(nonce, body, key.encode())
+
+
+def open_body(token: str, key: str, sealed: bytes) -> bytes:
+    """The stored body; raises ``InvalidTag`` if it was not sealed for this token and key."""
+    nonce, ciphertext = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
+    return _aead(token, key).decrypt(nonce, ciphertext, key.encode())
 
 
 def _bearer(headers: dict[bytes, bytes]) -> str | None:
@@ -77,8 +117,9 @@ async def _send_json(send: Send, response: Any) -> None:
 
 
 class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, authenticate: Authenticate) -> None:
         self.app = app
+        self.authenticate = authenticate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -90,12 +131,13 @@ class IdempotencyMiddleware:
         if raw_key is None or token is None:
             await self.app(scope, receive, send)
             return
+        request = Request(scope)
         key = raw_key.decode("latin-1").strip()
         if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
             await _send_json(
                 send,
                 problem_response(
-                    None,
+                    request,
                     422,
                     "validation_error",
                     f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
@@ -120,7 +162,7 @@ class IdempotencyMiddleware:
             more = message.get("more_body", False)
             if len(body) > MAX_BODY_BYTES:
                 await _send_json(
-                    send, problem_response(None, 413, "payload_too_large", "Body too large.")
+                    send, problem_response(request, 413, "payload_too_large", "Body too large.")
                 )
                 return
 
@@ -155,7 +197,7 @@ class IdempotencyMiddleware:
                 await _send_json(
                     send,
                     problem_response(
-                        None,
+                        request,
                         409,
                         "idempotency_request_in_progress",
                         "A request with this Idempotency-Key is still being processed.",
@@ -164,12 +206,31 @@ class IdempotencyMiddleware:
                 return
             record = await session.get(IdempotencyRecord, (caller, key))
             if record is not None:
+                # rollback() expires every object in the session, and reading an expired
+                # attribute is lazy IO (an error under asyncio): detach the loaded record.
+                session.expunge(record)
+                admin_key = scope["app"].state.settings.auth.admin_key.get_secret_value()
+                try:
+                    await self.authenticate(session, token, admin_key)
+                except DomainError as exc:
+                    await session.rollback()
+                    await _send_json(
+                        send,
+                        problem_response(
+                            request,
+                            exc.status_code,
+                            exc.code,
+                            exc.detail,
+                            headers={"WWW-Authenticate": "Bearer"},
+                        ),
+                    )
+                    return
                 await session.rollback()
                 if record.request_hash != fingerprint:
                     await _send_json(
                         send,
                         problem_response(
-                            None,
+                            request,
                             422,
                             "idempotency_key_reused",
                             "This Idempotency-Key was used with a different request.",
@@ -187,8 +248,9 @@ class IdempotencyMiddleware:
                     (k.encode("latin-1"), v.encode("latin-1"))
                     for k, v in record.response_headers.items()
                 ]
+                replay_body = open_body(token, key, record.response_body)
                 replay_headers.append((b"idempotent-replayed", b"true"))
-                replay_headers.append((b"content-length", str(len(record.response_body)).encode()))
+                replay_headers.append((b"content-length", str(len(replay_body)).encode()))
                 await send(
                     {
                         "type": "http.response.start",
@@ -196,7 +258,7 @@ class IdempotencyMiddleware:
                         "headers": replay_headers,
                     }
                 )
-                await send({"type": "http.response.body", "body": record.response_body})
+                await send({"type": "http.response.body", "body": replay_body})
                 return
 
             start: Message | None = None
@@ -234,7 +296,7 @@ class IdempotencyMiddleware:
                         request_hash=fingerprint,
                         response_status=status,
                         response_headers=stored_headers,
-                        response_body=response_body,
+                        response_body=seal_body(token, key, response_body),
                     )
                 )
                 await session.commit()

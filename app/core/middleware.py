@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.ids import new_id
 
 log = structlog.get_logger()
-_SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestIdMiddleware:
@@ -23,7 +23,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SANE.match(given) else str(new_id())
+        request_id = given if _SANE.fullmatch(given) else str(new_id())
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -39,6 +39,9 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            status = status or 500  # rendered by the outermost error handler
+            raise
         finally:
             log.info(
                 "http.request",

@@ -37,7 +37,7 @@ def decode_cursor(cursor: str) -> str:
         padded = cursor + "=" * (-len(cursor) % 4)
         return base64.urlsafe_b64decode(padded.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput("cursor is not valid", field="cursor") from exc
+        raise InvalidInput("cursor is not valid", field="cursor", location="query") from exc
 
 
 def page_params(

@@ -20,7 +20,7 @@ def parse_uuid_cursor(after: str) -> uuid.UUID:
     try:
         return uuid.UUID(after)
     except ValueError as exc:
-        raise InvalidInput("cursor is not valid", field="cursor") from exc
+        raise InvalidInput("cursor is not valid", field="cursor", location="query") from exc
 
 
 class Repository(Generic[M]):

@@ -3,3 +3,4 @@
 from app.accounts import models as accounts_models  # noqa: F401
 from app.core import idempotency  # noqa: F401
 from app.ledger import models as ledger_models  # noqa: F401
+from app.offsets import models as offsets_models  # noqa: F401

@@ -8,6 +8,7 @@ balances and updates the cached balances, all in one round trip.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.errors import InvalidInput
 from app.core.ids import new_id
 from app.core.pagination import Page, PageParams, make_page
 from app.core.repository import parse_uuid_cursor
@@ -148,7 +150,8 @@ async def post_entries(session: AsyncSession, entries: Sequence[EntrySpec]) -> l
         "kinds": [e.kind for e in entries],
         "references": [e.reference for e in entries],
         "keys": [e.idempotency_key for e in entries],
-        "metadata": [e.metadata for e in entries],
+        # A raw text() parameter gets no JSON type processing: asyncpg takes jsonb as text.
+        "metadata": [None if e.metadata is None else json.dumps(e.metadata) for e in entries],
         "leg_entries": leg_entries,
         "leg_accounts": leg_accounts,
         "leg_assets": leg_assets,
@@ -165,6 +168,13 @@ async def post_entry(session: AsyncSession, entry: EntrySpec) -> uuid.UUID | Non
     """Write one entry. Returns its id, or None if its idempotency key was already used."""
     written = await post_entries(session, [entry])
     return written[0] if written else None
+
+
+def _transfer(source: uuid.UUID, destination: uuid.UUID, asset: str, amount: int) -> list[Leg]:
+    try:
+        return transfer(source, destination, asset, amount)
+    except EntryError as exc:
+        raise InvalidEntry(str(exc)) from exc
 
 
 def _translate(exc: DBAPIError) -> Exception:
@@ -198,10 +208,7 @@ async def reserve(
     available = await account_id(session, organization_id, asset, AccountKind.available)
     held = await account_id(session, organization_id, asset, AccountKind.held)
     hold_id = new_id()
-    try:
-        legs = transfer(available, held, asset, amount)
-    except EntryError as exc:
-        raise InvalidEntry(str(exc)) from exc
+    legs = _transfer(available, held, asset, amount)
     await post_entry(
         session,
         EntrySpec(kind="hold", legs=legs, reference=reference, metadata={"hold_id": str(hold_id)}),
@@ -226,8 +233,15 @@ async def reserve(
 async def _take_from_hold(
     session: AsyncSession, hold_id: uuid.UUID, amount: int | None
 ) -> tuple[Hold, int]:
+    # populate_existing: a copy of the hold already in this session (loaded before the lock, or
+    # in an earlier transaction) is stale; the locked row is the truth.
     hold = (
-        await session.execute(select(Hold).where(Hold.id == hold_id).with_for_update())
+        await session.execute(
+            select(Hold)
+            .where(Hold.id == hold_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
     ).scalar_one_or_none()
     if hold is None:
         raise HoldNotFound("No such hold.", hold_id=str(hold_id))
@@ -267,7 +281,7 @@ async def release(
         session,
         EntrySpec(
             kind="release",
-            legs=transfer(held, available, hold.asset, take),
+            legs=_transfer(held, available, hold.asset, take),
             reference=reference or hold.reference,
             metadata={"hold_id": str(hold_id)},
         ),
@@ -291,7 +305,7 @@ async def settle_hold(
         session,
         EntrySpec(
             kind=kind,
-            legs=transfer(held, destination, hold.asset, take),
+            legs=_transfer(held, destination, hold.asset, take),
             reference=reference or hold.reference,
             metadata={"hold_id": str(hold_id)},
         ),
@@ -354,6 +368,17 @@ class PostingView:
     created_at: Any
 
 
+def _posting_cursor(after: str) -> int:
+    """A posting id from a cursor: an integer within BIGINT (else the driver refuses it)."""
+    try:
+        value = int(after)
+    except ValueError as exc:
+        raise InvalidInput("cursor is not valid", field="cursor") from exc
+    if not 0 < value < 2**63:
+        raise InvalidInput("cursor is not valid", field="cursor")
+    return value
+
+
 async def list_postings(
     session: AsyncSession,
     organization_id: uuid.UUID | None,
@@ -380,10 +405,7 @@ async def list_postings(
         .where(Posting.account_id == account)
     )
     if params.after is not None:
-        try:
-            stmt = stmt.where(Posting.id < int(params.after))
-        except ValueError as exc:
-            raise InvalidEntry("cursor is not valid", field="cursor") from exc
+        stmt = stmt.where(Posting.id < _posting_cursor(params.after))
     rows = [
         PostingView(*row)
         for row in (
@@ -413,7 +435,7 @@ async def record_deposit(
     external = await account_id(session, None, CASH, AccountKind.external)
     available = await account_id(session, organization_id, CASH, AccountKind.available)
     entry = EntrySpec(
-        kind="deposit", legs=transfer(external, available, CASH, amount), reference=reference
+        kind="deposit", legs=_transfer(external, available, CASH, amount), reference=reference
     )
     await post_entry(session, entry)
     deposit = Deposit(

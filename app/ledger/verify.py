@@ -34,7 +34,7 @@ def register(check: Check) -> Check:
     return check
 
 
-async def _sql_check(
+async def sql_check(
     session: AsyncSession, name: str, description: str, count_sql: str, violations_sql: str
 ) -> CheckResult:
     checked = int(await session.scalar(text(count_sql)) or 0)
@@ -112,7 +112,7 @@ LEDGER_CHECKS: list[tuple[str, str, str, str]] = [
 
 
 async def run_checks(session: AsyncSession) -> list[CheckResult]:
-    results = [await _sql_check(session, *check) for check in LEDGER_CHECKS]
+    results = [await sql_check(session, *check) for check in LEDGER_CHECKS]
     for extra in _EXTRA_CHECKS:
         results.append(await extra(session))
     return results

@@ -2,8 +2,12 @@
 
 Besides the tables: the posting function ``ledger_post_entries`` (the only writer of
 postings), a deferred constraint trigger that rejects an unbalanced entry at commit, a guard
-that lets only the entry's own transaction add postings to it, append-only triggers, and the
-``JPY`` asset.
+that lets only the entry's own transaction add postings to it (and only before its balance was
+checked), append-only triggers, and the ``JPY`` asset.
+
+SQLSTATEs raised: TN001 insufficient balance, TN002 unbalanced entry, TN003 posting added to an
+entry of another transaction, TN004 update or delete of an append-only table, TN005 posting
+added after the balance check ran (``SET CONSTRAINTS ... IMMEDIATE``).
 
 Revision ID: 0001
 Revises:
@@ -26,7 +30,8 @@ LEDGER_SQL = [
     # entries, in one round trip. Accounts are locked in id order so concurrent batches never
     # deadlock. A leg that would take a non-negative account below zero (at any point in the
     # batch) aborts the call with SQLSTATE TN001. An entry whose idempotency key exists is
-    # skipped, and its id is left out of the result.
+    # skipped, and its id is left out of the result. A leg naming no account (or an account
+    # of another asset) fails the postings' foreign key (23503).
     """
     CREATE FUNCTION ledger_post_entries(
         p_entry_ids uuid[], p_kinds text[], p_references text[], p_keys text[],
@@ -38,9 +43,13 @@ LEDGER_SQL = [
         v_written uuid[];
         v_short record;
     BEGIN
+        -- In key order: two batches that share keys wait for each other's keys in one order,
+        -- never each holding a key the other wants (a deadlock, like unordered row locks).
         WITH ins AS (
             INSERT INTO ledger_entries (id, kind, reference, idempotency_key, metadata)
             SELECT * FROM unnest(p_entry_ids, p_kinds, p_references, p_keys, p_metadata)
+                          AS e (id, kind, reference, idempotency_key, metadata)
+             ORDER BY e.idempotency_key
             ON CONFLICT (idempotency_key) DO NOTHING
             RETURNING id
         )
@@ -58,10 +67,13 @@ LEDGER_SQL = [
                    WITH ORDINALITY AS l (entry_id, account_id, asset, amount, ord)
              WHERE l.entry_id = ANY (v_written)
         ), running AS (
-            SELECT legs.*, a.is_non_negative,
-                   a.balance + sum(legs.amount) OVER (PARTITION BY legs.account_id
-                                                      ORDER BY legs.ord) AS balance_after
-              FROM legs JOIN ledger_accounts a ON a.id = legs.account_id
+            -- LEFT JOIN: a leg naming no account must still reach the INSERT, where the
+            -- foreign key refuses it (an inner join would drop it silently).
+            SELECT legs.*, coalesce(a.is_non_negative, false) AS is_non_negative,
+                   coalesce(a.balance, 0)
+                     + sum(legs.amount) OVER (PARTITION BY legs.account_id
+                                              ORDER BY legs.ord) AS balance_after
+              FROM legs LEFT JOIN ledger_accounts a ON a.id = legs.account_id
         ), ins AS (
             INSERT INTO ledger_postings (entry_id, account_id, asset, amount, balance_after)
             SELECT entry_id, account_id, asset, amount, balance_after FROM running ORDER BY ord
@@ -105,6 +117,9 @@ LEDGER_SQL = [
             RAISE EXCEPTION 'ledger entry % does not balance for asset %', NEW.id, v_unbalanced
                 USING ERRCODE = 'TN002';
         END IF;
+        -- Normally this runs at COMMIT, after which nothing more is written. Run earlier (by
+        -- SET CONSTRAINTS ... IMMEDIATE), it must be the last word: say so for the guard below.
+        PERFORM set_config('tanso.ledger_checked', 'on', true);
         RETURN NULL;
     END
     $$
@@ -115,12 +130,18 @@ LEDGER_SQL = [
         DEFERRABLE INITIALLY DEFERRED
         FOR EACH ROW EXECUTE FUNCTION ledger_check_entry_balanced()
     """,
-    # Postings join an entry only in the transaction that created it, so the check above
-    # (which runs once per entry, at that transaction's commit) sees every posting it has.
+    # Postings join an entry only in the transaction that created it, and only before that
+    # transaction's balance checks ran, so the check above (which runs once per entry) sees
+    # every posting the entry will ever have.
     """
     CREATE FUNCTION ledger_postings_same_transaction() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
+        IF current_setting('tanso.ledger_checked', true) = 'on' THEN
+            RAISE EXCEPTION 'postings cannot be added after the balance checks ran'
+                USING ERRCODE = 'TN005',
+                      HINT = 'SET CONSTRAINTS ... IMMEDIATE ran them early in this transaction';
+        END IF;
         IF EXISTS (SELECT 1 FROM new_postings n JOIN ledger_entries e ON e.id = n.entry_id
                     WHERE e.txid <> pg_current_xact_id()::text::bigint) THEN
             RAISE EXCEPTION 'postings can only be added by the transaction that created the entry'

