@@ -36,6 +36,10 @@ def serve(
         bool | None,
         typer.Option(help="Load demo data (default: only on the embedded database)."),
     ] = None,
+    worker: Annotated[
+        bool,
+        typer.Option(help="Run the job runner in each API process (off: run `tanso worker`)."),
+    ] = True,
 ) -> None:
     """Migrate the database (starting the embedded one if none is configured) and serve the API."""
     import uvicorn
@@ -54,6 +58,7 @@ def serve(
             asyncio.run(load_demo(url, announce=True))
         # Worker processes attach to this server through the environment; this process owns it.
         os.environ["TANSO_DATABASE__URL"] = url
+        os.environ["TANSO_WORKER_IN_PROCESS"] = "true" if worker else "false"
         get_settings.cache_clear()
         uvicorn.run(
             "app.main:app_factory",

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
     public_base_url: str = "http://127.0.0.1:8000"
+    # Run the job runner inside each API process (``tanso serve``); off when ``tanso worker``
+    # processes run it instead.
+    worker_in_process: bool = True
 
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,8 +50,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:  # tests hand in their own engine
             owns_engine = False
         app.state.heads = head_revisions()
-        log.info("app.started", environment=settings.environment)
+        worker: asyncio.Task[None] | None = None
+        if owns_engine and settings.worker_in_process:
+            from app.worker.runner import run_worker_in_process
+
+            worker = asyncio.create_task(
+                run_worker_in_process(
+                    settings.database.url or "", sessionmaker=app.state.sessionmaker
+                )
+            )
+        log.info("app.started", environment=settings.environment, worker=worker is not None)
         yield {}
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
         if owns_engine:
             await app.state.engine.dispose()
 

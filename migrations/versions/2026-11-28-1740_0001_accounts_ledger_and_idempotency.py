@@ -6,8 +6,8 @@ that lets only the entry's own transaction add postings to it (and only before i
 checked), append-only triggers, and the ``JPY`` asset.
 
 SQLSTATEs raised: TN001 insufficient balance, TN002 unbalanced entry, TN003 posting added to an
-entry of another transaction, TN004 update or delete of an append-only table, TN005 posting
-added after the balance check ran (``SET CONSTRAINTS ... IMMEDIATE``).
+entry of another transaction or after the balance checks ran (``SET CONSTRAINTS ...
+IMMEDIATE``), TN004 update or delete of an append-only table.
 
 Revision ID: 0001
 Revises:
@@ -139,7 +139,7 @@ LEDGER_SQL = [
     BEGIN
         IF current_setting('tanso.ledger_checked', true) = 'on' THEN
             RAISE EXCEPTION 'postings cannot be added after the balance checks ran'
-                USING ERRCODE = 'TN005',
+                USING ERRCODE = 'TN003',
                       HINT = 'SET CONSTRAINTS ... IMMEDIATE ran them early in this transaction';
         END IF;
         IF EXISTS (SELECT 1 FROM new_postings n JOIN ledger_entries e ON e.id = n.entry_id

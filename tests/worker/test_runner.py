@@ -120,7 +120,7 @@ async def test_two_worker_processes_run_each_of_50_jobs_once(
 async def test_sigterm_lets_the_running_job_finish(
     jobs: procrastinate.App, database_url: str, engine: AsyncEngine
 ) -> None:
-    job_id = await record_run.defer_async(key="slow", delay=1.0)
+    job_id = await record_run.defer_async(key="slow", delay=0.5)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.worker.worker_process", database_url, "w", "signalled",
         cwd=ROOT,
