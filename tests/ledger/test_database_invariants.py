@@ -2,8 +2,8 @@
 
 Each test writes raw SQL, bypassing ``app.ledger.service``, and checks the SQLSTATE the
 migration's triggers and constraints raise: TN002 (unbalanced entry, at COMMIT), TN003
-(posting added to an entry of another transaction), TN004 (update or delete of the
-append-only tables), 23514 (a CHECK constraint).
+(posting added to an entry of another transaction, or after the balance checks ran), TN004
+(update or delete of the append-only tables), 23514 (a CHECK constraint).
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ class TestChecksRunEarly:
         await session.execute(text("SET CONSTRAINTS ledger_entries_balanced DEFERRED"))
         with pytest.raises(DBAPIError) as caught:
             await insert_posting(session, entry, available, 1_000)
-        assert sqlstate(caught.value) == "TN005"
+        assert sqlstate(caught.value) == "TN003"
+        assert "after the balance checks ran" in str(caught.value)
         await session.rollback()
         assert await posting_count(session) == 0
 
@@ -185,7 +186,8 @@ class TestChecksRunEarly:
             await ledger.post_entry(
                 session, EntrySpec(kind="t", legs=transfer(external, available, CASH, 5))
             )
-        assert sqlstate(caught.value) == "TN005"
+        assert sqlstate(caught.value) == "TN003"
+        assert "after the balance checks ran" in str(caught.value)
         await session.rollback()
 
     async def test_a_rolled_back_savepoint_forgets_the_early_check(

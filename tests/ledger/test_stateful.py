@@ -1,10 +1,12 @@
 """Model-based test: random sequences of ledger operations against the real service.
 
-A Hypothesis ``RuleBasedStateMachine`` drives deposits, transfers, holds, releases and
-settlements through ``app.ledger.service`` (real commits on the test database) while an
-in-memory model predicts every balance. After every step the database must equal the model,
-every asset must sum to zero, no participant account may be negative, and
-``tanso ledger verify``'s checks must find nothing.
+A Hypothesis ``RuleBasedStateMachine`` drives deposits, transfers (some with an idempotency
+key, later replayed), holds, releases and settlements through ``app.ledger.service`` (real
+commits on the test database) while an in-memory model predicts every balance and every
+outcome: what the model says must fail (an overdraft, more than a hold has, a closed hold)
+must raise and change nothing. After every step the database must equal the model, every
+asset must sum to zero, no participant account may be negative, and ``tanso ledger verify``'s
+checks must find nothing.
 
 Hypothesis state machines are synchronous: the async service runs on a dedicated event loop
 (an ``asyncio.Runner`` with its own engine), one ``run`` per step.
@@ -38,7 +40,7 @@ from app.db.url import async_url
 from app.ledger import service as ledger
 from app.ledger.errors import HoldNotActive, InsufficientBalance, InvalidEntry
 from app.ledger.models import AccountKind, AssetKind
-from app.ledger.posting import transfer
+from app.ledger.posting import transfer as transfer_legs
 from app.ledger.service import CASH, EntrySpec
 from app.ledger.verify import run_checks
 from tests.conftest import _truncate as truncate
@@ -131,7 +133,7 @@ class LedgerMachine(RuleBasedStateMachine):
             source = await ledger.account_id(session, None, asset, AccountKind.external)
             dest = await ledger.account_id(session, owner, asset, AccountKind.available)
             await ledger.post_entry(
-                session, EntrySpec(kind="issue", legs=transfer(source, dest, asset, amount))
+                session, EntrySpec(kind="issue", legs=transfer_legs(source, dest, asset, amount))
             )
 
         self.expect(self.attempt(op), None)
@@ -181,7 +183,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 session,
                 EntrySpec(
                     kind="transfer",
-                    legs=transfer(source, dest, asset, amount),
+                    legs=transfer_legs(source, dest, asset, amount),
                     idempotency_key=key,
                 ),
             )
