@@ -110,6 +110,13 @@ class Server:
         upgrade_to_head(url)
         return url
 
+    def migrate(self, database: str = "postgres") -> str:
+        """Bring an existing database (by default the server's own, which saves the second
+        or so a CREATE DATABASE costs with fsync on) to Alembic head; returns its URL."""
+        url = self.url_for(database)
+        upgrade_to_head(url)
+        return url
+
     def settings(self) -> dict[str, str]:
         rows = self.psql(
             "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY"
@@ -134,8 +141,21 @@ def throwaway_server(prefix: str = "tanso-bench-") -> Iterator[Server]:
         yield server
     finally:
         if embedded is not None:
-            embedded.stop()
+            _stop_now(embedded)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_now(embedded: EmbeddedPostgres) -> None:
+    """Immediate shutdown (no shutdown checkpoint: the data is deleted next); the ordinary
+    stop if that fails."""
+    done = subprocess.run(
+        [str(embedded_bin("pg_ctl")), "-D", str(embedded.pgdata), "-w", "-m", "immediate", "stop"],
+        capture_output=True,
+        check=False,
+        user=embedded.system_user,
+    )
+    if done.returncode != 0:
+        embedded.stop()
 
 
 def require_durable(server: Server) -> None:
@@ -171,12 +191,19 @@ def pgbench_init(url: str, scale: int) -> float:
 
 
 def pgbench_run(
-    url: str, *, clients: int = 8, threads: int = 2, seconds: int = 10
+    url: str,
+    *,
+    clients: int = 8,
+    threads: int = 2,
+    seconds: int = 10,
+    transactions: int | None = None,
 ) -> PgbenchResult:
-    """TPC-B-like (the default script), prepared statements, ``seconds`` ≥ 1 (pgbench's ``-T``
-    takes whole seconds). Raises ``BenchFailure`` if any transaction failed."""
+    """TPC-B-like (the default script), prepared statements, for ``seconds`` ≥ 1 (pgbench's
+    ``-T`` takes whole seconds) or, when given, ``transactions`` per client (``-t``: for
+    sub-second smoke runs). Raises ``BenchFailure`` if any transaction failed."""
+    length = ["-t", str(transactions)] if transactions else ["-T", str(max(1, seconds))]
     out = _pgbench(
-        ["-M", "prepared", "-c", str(clients), "-j", str(threads), "-T", str(max(1, seconds))],
+        ["-M", "prepared", "-c", str(clients), "-j", str(threads), *length],
         url,
     )
     tps = re.search(r"^tps = ([0-9.]+)", out, re.MULTILINE)
