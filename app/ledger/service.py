@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import structlog
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -51,6 +52,9 @@ log = structlog.get_logger()
 CASH = "JPY"
 CREDIT_PREFIX = "CREDIT:"
 INSUFFICIENT_BALANCE_SQLSTATE = "TN001"
+# TN002 unbalanced entry, TN003 posting added outside the entry's transaction or after the
+# checks ran, TN004 update or delete of the append-only tables.
+INVARIANT_SQLSTATES = frozenset({"TN002", "TN003", "TN004"})
 
 
 def credit_asset(batch_id: uuid.UUID) -> str:
@@ -124,6 +128,7 @@ _POST_SQL = text(
     "SELECT ledger_post_entries(:entry_ids, :kinds, :references, :keys, :metadata,"
     " :leg_entries, :leg_accounts, :leg_assets, :leg_amounts)"
 )
+_POST_SQL_DRIVER = "SELECT ledger_post_entries($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 
 async def post_entries(session: AsyncSession, entries: Sequence[EntrySpec]) -> list[uuid.UUID]:
@@ -157,10 +162,24 @@ async def post_entries(session: AsyncSession, entries: Sequence[EntrySpec]) -> l
         "leg_assets": leg_assets,
         "leg_amounts": leg_amounts,
     }
-    try:
-        written = await session.scalar(_POST_SQL, params)
-    except DBAPIError as exc:
-        raise _translate(exc) from exc
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    if driver is not None and driver.is_in_transaction():
+        # The hot path: straight to asyncpg, on the session's own connection and inside its
+        # transaction (SQLAlchemy's statement machinery costs more than the call itself).
+        try:
+            written = await driver.fetchval(_POST_SQL_DRIVER, *params.values())
+        except asyncpg.PostgresError as exc:
+            raise (_translate_sqlstate(exc.sqlstate, str(exc)) or exc) from exc
+    else:
+        # First statement of the transaction: let SQLAlchemy begin it.
+        try:
+            written = await session.scalar(_POST_SQL, params)
+        except DBAPIError as exc:
+            orig = exc.orig
+            sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+            message = str(getattr(orig, "args", [""])[0]) if orig is not None else str(exc)
+            raise (_translate_sqlstate(sqlstate, message) or exc) from exc
     return list(written or [])
 
 
@@ -177,20 +196,21 @@ def _transfer(source: uuid.UUID, destination: uuid.UUID, asset: str, amount: int
         raise InvalidEntry(str(exc)) from exc
 
 
-def _translate(exc: DBAPIError) -> Exception:
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    message = str(getattr(orig, "args", [""])[0]) if orig is not None else str(exc)
+def _translate_sqlstate(sqlstate: str | None, message: str) -> Exception | None:
+    """The domain error for a refusal of the posting function, or None for anything else."""
     if sqlstate == INSUFFICIENT_BALANCE_SQLSTATE:
         account = message.rsplit(" ", 1)[-1] if "account" in message else None
         return InsufficientBalance(
             "The balance is not enough for this operation.", account_id=account
         )
+    if sqlstate in INVARIANT_SQLSTATES:
+        # The database refused to break a ledger invariant: a bug in the caller, never input.
+        return LedgerInvariantViolated(message, sqlstate=sqlstate)
     if sqlstate == "23503":
         return InvalidEntry(
             "A posting names an account that does not exist or holds another asset."
         )
-    return exc
+    return None
 
 
 # --- holds -----------------------------------------------------------------------------

@@ -385,9 +385,16 @@ async def public_retirements(
     for item in items:
         row = item.model_dump(mode="json")
         row["serial_display"] = " ".join(item.serial_display)
-        writer.writerow([row[c] if row[c] is not None else "" for c in columns])
+        writer.writerow([_csv_cell(row[c]) for c in columns])
     headers = {"X-Next-Cursor": result.next_cursor} if result.next_cursor else {}
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+def _csv_cell(value: object) -> str:
+    """A cell a spreadsheet shows as text: a leading =, +, -, @, tab or CR would make it a
+    formula, so such cells get a leading apostrophe (OWASP's CSV-injection advice)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 @public_router.get(

@@ -38,7 +38,11 @@ LEDGER_SQL = [
         p_metadata jsonb[], p_leg_entries uuid[], p_leg_accounts uuid[], p_leg_assets text[],
         p_leg_amounts bigint[]
     ) RETURNS uuid[]
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql
+    -- Plan the statements inside once per connection, not on every call (the custom plans
+    -- cost about 200 µs a call and gain nothing: the queries are keyed lookups).
+    SET plan_cache_mode = force_generic_plan
+    AS $$
     DECLARE
         v_written uuid[];
         v_short record;

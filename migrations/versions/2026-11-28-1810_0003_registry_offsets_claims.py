@@ -67,7 +67,8 @@ REGISTRY_SQL = [
     """,
     """
     CREATE TRIGGER offset_blocks_closed_once BEFORE UPDATE ON offset_blocks
-        FOR EACH ROW EXECUTE FUNCTION offset_blocks_closed_once()
+        FOR EACH ROW WHEN (OLD.state <> 'retired')
+        EXECUTE FUNCTION offset_blocks_closed_once()
     """,
 ]
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.session import SessionMaker
 from app.ledger import service as ledger
+from app.ledger.errors import LedgerInvariantViolated
 from app.ledger.models import AccountKind
 from app.ledger.posting import transfer
 from app.ledger.service import CASH, EntrySpec
@@ -182,12 +183,12 @@ class TestChecksRunEarly:
         )
         await session.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
         await session.execute(text("SET CONSTRAINTS ALL DEFERRED"))
-        with pytest.raises(DBAPIError) as caught:
+        with pytest.raises(LedgerInvariantViolated) as caught:
             await ledger.post_entry(
                 session, EntrySpec(kind="t", legs=transfer(external, available, CASH, 5))
             )
-        assert sqlstate(caught.value) == "TN003"
-        assert "after the balance checks ran" in str(caught.value)
+        assert caught.value.extra["sqlstate"] == "TN003"
+        assert "after the balance checks ran" in caught.value.detail
         await session.rollback()
 
     async def test_a_rolled_back_savepoint_forgets_the_early_check(
