@@ -7,6 +7,7 @@ keep-alive clients for a fixed time through ``run_phase`` and counts the 2xx ans
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -76,28 +77,63 @@ def served(database_url: str, *, workers: int = 2) -> Iterator[Served]:
             process.kill()
 
 
-Request = Callable[[httpx.AsyncClient, int, int], Awaitable[httpx.Response]]
+class Connection:
+    """A lean HTTP/1.1 keep-alive client for load generation: httpx costs ~10x more client
+    CPU per request, so on two shared cores it, not the server, would set the pace."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, base_url: str) -> Connection:
+        host, port = base_url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        lines = [f"{method} {path} HTTP/1.1", "Host: bench"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+Request = Callable[[Connection, int, int], Awaitable[tuple[int, bytes]]]
 
 
 async def http_phase(
     name: str, base_url: str, clients: int, seconds: float, request: Request
 ) -> tuple[PhaseResult, dict[int, int]]:
-    """``clients`` keep-alive connections, each sending ``request(client, worker, i)`` in a
-    loop; a call counts when it answers 2xx. Returns the phase and a count per status."""
+    """``clients`` keep-alive connections, each sending ``request(connection, worker, i)`` in
+    a loop; a call counts when it answers 2xx. Returns the phase and a count per status."""
     statuses: dict[int, int] = {}
     counters = [0] * clients
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+    connections = [await Connection.open(base_url) for _ in range(clients)]
+    try:
 
         async def operation(worker: int) -> int:
             counters[worker] += 1
-            response = await request(client, worker, counters[worker])
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            if not 200 <= response.status_code < 300:
-                raise BenchFailure(f"HTTP {response.status_code}: {response.text[:200]}")
+            status, body = await request(connections[worker], worker, counters[worker])
+            statuses[status] = statuses.get(status, 0) + 1
+            if not 200 <= status < 300:
+                raise BenchFailure(f"HTTP {status}: {body[:200]!r}")
             return 1
 
         result = await run_phase(name, clients, seconds, operation)
+    finally:
+        for connection in connections:
+            connection.close()
     return result, statuses
 
 

@@ -17,6 +17,7 @@ and registry checkers find nothing.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ from bench._common import (
     setup_logging,
     throwaway_server,
 )
-from bench._http import Served, check, http_phase, served
+from bench._http import Connection, Served, check, http_phase, served
 
 GRAMS_PER_CLAIM = 350  # a 200 g pack of rice crackers, say
 CLIENTS = 32
@@ -134,7 +135,8 @@ async def invariants(url: str, pool_id: str, drawn: int) -> list[str]:
             row = (
                 await session.execute(
                     text(
-                        "SELECT p.total_g, p.remaining_g, count(c.id), coalesce(sum(c.covered_g), 0),"
+                        "SELECT p.total_g, (SELECT sum(remaining_g) FROM offset_pool_shards"
+                        " WHERE pool_id = p.id), count(c.id), coalesce(sum(c.covered_g), 0),"
                         " count(DISTINCT c.reference) FROM offset_pools p"
                         " LEFT JOIN offset_claims c ON c.pool_id = p.id WHERE p.id = :id"
                         " GROUP BY p.id"
@@ -169,15 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             async def run() -> dict[str, Any]:
                 pool_id, shop = await prepare(server, tonnes=1_000)
 
-                async def health(client: httpx.AsyncClient, worker: int, i: int) -> httpx.Response:
-                    return await client.get("/health")
+                async def health(c: Connection, worker: int, i: int) -> tuple[int, bytes]:
+                    return await c.request("GET", "/health")
 
-                async def claim(client: httpx.AsyncClient, worker: int, i: int) -> httpx.Response:
-                    return await client.post(
-                        f"/v1/offset-pools/{pool_id}/claims",
-                        json={"grams": GRAMS_PER_CLAIM, "reference": f"order-{worker}-{i}"},
-                        headers=shop,
-                    )
+                path = f"/v1/offset-pools/{pool_id}/claims"
+
+                async def claim(c: Connection, worker: int, i: int) -> tuple[int, bytes]:
+                    body = {"grams": GRAMS_PER_CLAIM, "reference": f"order-{worker}-{i}"}
+                    return await c.request("POST", path, json.dumps(body).encode(), shop)
 
                 baseline, _ = await http_phase(
                     "GET /health", server.base_url, CLIENTS, seconds, health

@@ -7,15 +7,17 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, literal, or_, select, update
+from sqlalchemy import BigInteger, ColumnElement, and_, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.time import utc_now
 from app.offsets import serials
 from app.offsets.models import (
+    POOL_SHARDS,
     Batch,
     Block,
     ClaimAllocation,
+    OffsetPoolShard,
     Project,
     Retirement,
     SerialCounter,
@@ -244,3 +246,73 @@ async def retired_tonnes(
         )
     ).one()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+# --- offset pool shards ----------------------------------------------------------------
+
+
+async def create_pool_shards(session: AsyncSession, pool_id: uuid.UUID) -> None:
+    await session.execute(
+        insert(OffsetPoolShard),
+        [{"pool_id": pool_id, "shard": i, "remaining_g": 0} for i in range(POOL_SHARDS)],
+    )
+
+
+async def _lock_shards(session: AsyncSession, pool_id: uuid.UUID) -> list[tuple[int, int]]:
+    """Every shard of the pool, locked. Writers of several shards first take the pool's
+    advisory lock, so they run one at a time; a single draw never waits for a shard (SKIP
+    LOCKED). So no cycle of waits can form."""
+    await session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(f"offset_pool:{pool_id}", 0)))
+    )
+    rows = await session.execute(
+        select(OffsetPoolShard.shard, OffsetPoolShard.remaining_g)
+        .where(OffsetPoolShard.pool_id == pool_id)
+        .order_by(OffsetPoolShard.shard)
+        .with_for_update()
+    )
+    return [(int(shard), int(grams)) for shard, grams in rows.all()]
+
+
+async def _set_shards(session: AsyncSession, pool_id: uuid.UUID, values: dict[int, int]) -> None:
+    for shard, grams in values.items():
+        await session.execute(
+            update(OffsetPoolShard)
+            .where(OffsetPoolShard.pool_id == pool_id, OffsetPoolShard.shard == shard)
+            .values(remaining_g=grams)
+        )
+
+
+async def add_to_pool(session: AsyncSession, pool_id: uuid.UUID, grams: int) -> None:
+    """Spread ``grams`` evenly over the pool's shards."""
+    shards = await _lock_shards(session, pool_id)
+    base, extra = divmod(grams, len(shards))
+    await _set_shards(session, pool_id, {s: g + base + (1 if s < extra else 0) for s, g in shards})
+
+
+async def return_to_pool(session: AsyncSession, pool_id: uuid.UUID, grams: int) -> None:
+    """Give grams back (a revoked unit claim) to one shard."""
+    await session.execute(
+        update(OffsetPoolShard)
+        .where(OffsetPoolShard.pool_id == pool_id, OffsetPoolShard.shard == 0)
+        .values(remaining_g=OffsetPoolShard.remaining_g + grams)
+    )
+
+
+async def take_from_pool(session: AsyncSession, pool_id: uuid.UUID, grams: int) -> int | None:
+    """Take ``grams`` from the pool; returns the grams left, or None (nothing taken) if the
+    pool has too few. One call of ``offset_pool_take`` (migration 0003): a random free shard
+    in the common case, the whole pool under an advisory lock otherwise."""
+    left = await session.scalar(select(func.offset_pool_take(pool_id, literal(grams, BigInteger))))
+    return None if left is None else int(left)
+
+
+async def pool_remaining(
+    session: AsyncSession, pool_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    rows = await session.execute(
+        select(OffsetPoolShard.pool_id, func.sum(OffsetPoolShard.remaining_g))
+        .where(OffsetPoolShard.pool_id.in_(list(pool_ids)))
+        .group_by(OffsetPoolShard.pool_id)
+    )
+    return {pool_id: int(total) for pool_id, total in rows.all()}

@@ -194,6 +194,7 @@ async def _claim_read(session: SessionDep, settings: Settings, claim: Claim) -> 
 
 async def _pool_read(session: SessionDep, pool: OffsetPool) -> PoolRead:
     allocations = await offsets_service.pool_allocations(session, pool.id)
+    remaining = await offsets_service.pool_remaining(session, pool.id)
     return PoolRead(
         id=pool.id,
         code=pool.code,
@@ -201,8 +202,8 @@ async def _pool_read(session: SessionDep, pool: OffsetPool) -> PoolRead:
         claim_type=pool.claim_type,
         subject=pool.subject,
         total_g=pool.total_g,
-        remaining_g=pool.remaining_g,
-        drawn_g=pool.total_g - pool.remaining_g,
+        remaining_g=remaining,
+        drawn_g=pool.total_g - remaining,
         low_balance_g=pool.low_balance_g,
         retirements=[
             ClaimRetirement(retirement_id=r.id, code=r.code, grams=a.grams)

@@ -13,7 +13,7 @@ from datetime import date, datetime, time
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -630,11 +630,7 @@ async def revoke_claim(
         raise ClaimAlreadyRevoked("The claim is already revoked.")
     now = utc_now()
     if claim.pool_id is not None:
-        await session.execute(
-            update(OffsetPool)
-            .where(OffsetPool.id == claim.pool_id)
-            .values(remaining_g=OffsetPool.remaining_g + claim.covered_g)
-        )
+        await repo.return_to_pool(session, claim.pool_id, claim.covered_g)
     else:
         allocations = await claim_allocations(session, claim)
         locked = await repo.lock_retirements(
@@ -671,11 +667,11 @@ async def create_pool(session: AsyncSession, principal: Principal, data: PoolCre
         claim_type=data.claim_type,
         subject=data.subject.model_dump(exclude_none=True),
         total_g=0,
-        remaining_g=0,
         low_balance_g=data.low_balance_g,
     )
     session.add(pool)
     await session.flush()
+    await repo.create_pool_shards(session, pool.id)
     if data.retirement_ids:
         await fund_pool(session, principal, pool.id, data.retirement_ids)
     return pool
@@ -714,7 +710,7 @@ async def fund_pool(
     if added == 0:
         raise InsufficientCoverage("These retirements have no unclaimed grams left.", available_g=0)
     pool.total_g += added
-    pool.remaining_g += added
+    await repo.add_to_pool(session, pool.id, added)
     await session.flush()
     log.info("offsets.pool_funded", pool_id=str(pool.id), grams=added)
     return pool
@@ -722,6 +718,10 @@ async def fund_pool(
 
 async def get_pool(session: AsyncSession, principal: Principal, pool_id: uuid.UUID) -> OffsetPool:
     return await _own_pool(session, principal, pool_id)
+
+
+async def pool_remaining(session: AsyncSession, pool_id: uuid.UUID) -> int:
+    return (await repo.pool_remaining(session, [pool_id])).get(pool_id, 0)
 
 
 async def pool_allocations(
@@ -795,12 +795,7 @@ async def draw_unit_claim(
                 reference=data.reference,
             ) from exc
         raise
-    remaining = await session.scalar(
-        update(OffsetPool)
-        .where(OffsetPool.id == pool.id, OffsetPool.remaining_g >= data.grams)
-        .values(remaining_g=OffsetPool.remaining_g - data.grams, updated_at=now)
-        .returning(OffsetPool.remaining_g)
-    )
+    remaining = await repo.take_from_pool(session, pool.id, data.grams)
     if remaining is None:
         raise PoolExhausted("The pool has fewer grams left than asked.", requested_g=data.grams)
     threshold = data.notify_below_g if data.notify_below_g is not None else pool.low_balance_g

@@ -85,7 +85,8 @@ def _load_pem(pem: bytes) -> Ed25519PrivateKey:
 
 
 @lru_cache(maxsize=4)
-def _key_for(pem: str | None, key_file: Path) -> SigningKey:
+def _key_for(pem: str | None, data_dir: Path) -> SigningKey:
+    key_file = (data_dir / "claims-signing-key.pem").resolve()
     if pem:
         return SigningKey(_load_pem(pem.encode()))
     if key_file.exists():
@@ -112,7 +113,6 @@ def _key_for(pem: str | None, key_file: Path) -> SigningKey:
 
 def signing_key(settings: Settings) -> SigningKey:
     secret = settings.claims.signing_key
-    return _key_for(
-        secret.get_secret_value() if secret else None,
-        (settings.data_dir / "claims-signing-key.pem").resolve(),
-    )
+    # Cached by (PEM, folder as given): resolving the path touches the file system, which a
+    # per-request call must not.
+    return _key_for(secret.get_secret_value() if secret else None, settings.data_dir)

@@ -73,15 +73,18 @@ REGISTRY_CHECKS: list[tuple[str, str, str, str]] = [
         "pools_balance",
         "every offset pool's remaining grams equal its funding less its active unit claims",
         "SELECT count(*) FROM offset_pools",
-        """SELECT p.id, p.total_g, p.remaining_g, coalesce(f.total, 0), coalesce(c.total, 0)
+        """SELECT p.id, p.total_g, coalesce(s.total, 0), coalesce(f.total, 0),
+                  coalesce(c.total, 0)
              FROM offset_pools p
+             LEFT JOIN (SELECT pool_id, sum(remaining_g) total FROM offset_pool_shards
+                         GROUP BY pool_id) s ON s.pool_id = p.id
              LEFT JOIN (SELECT pool_id, sum(grams) total FROM offset_claim_allocations
                          WHERE pool_id IS NOT NULL GROUP BY pool_id) f ON f.pool_id = p.id
              LEFT JOIN (SELECT pool_id, sum(covered_g) total FROM offset_claims
                          WHERE pool_id IS NOT NULL AND status = 'active' GROUP BY pool_id) c
                ON c.pool_id = p.id
             WHERE p.total_g <> coalesce(f.total, 0)
-               OR p.remaining_g <> p.total_g - coalesce(c.total, 0)""",
+               OR coalesce(s.total, 0) <> p.total_g - coalesce(c.total, 0)""",
     ),
     (
         "whole_claims_covered",

@@ -70,9 +70,66 @@ REGISTRY_SQL = [
         FOR EACH ROW WHEN (OLD.state <> 'retired')
         EXECUTE FUNCTION offset_blocks_closed_once()
     """,
+    # Draw grams from an offset pool (see app/offsets/models.py, OffsetPoolShard). Returns
+    # the pool's remaining grams after the draw, or NULL (nothing taken) if it has too few.
+    """
+    CREATE FUNCTION offset_pool_take(p_pool uuid, p_grams bigint) RETURNS bigint
+    LANGUAGE plpgsql
+    SET plan_cache_mode = force_generic_plan
+    AS $$
+    DECLARE
+        v_shard smallint;
+        v_total bigint;
+        v_need bigint;
+        r record;
+    BEGIN
+        -- Common case: a random shard with enough grams that nobody holds. SKIP LOCKED
+        -- never waits, so checkouts never queue behind each other. Run as a subtransaction:
+        -- if it takes nothing, rolling it back releases any row it locked on the way.
+        BEGIN
+            UPDATE offset_pool_shards SET remaining_g = remaining_g - p_grams
+             WHERE pool_id = p_pool AND shard = (
+                   SELECT shard FROM offset_pool_shards
+                    WHERE pool_id = p_pool AND remaining_g >= p_grams
+                    ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING shard INTO v_shard;
+            IF v_shard IS NULL THEN
+                RAISE EXCEPTION 'no free shard' USING ERRCODE = 'TN101';
+            END IF;
+        EXCEPTION WHEN SQLSTATE 'TN101' THEN
+            v_shard := NULL;
+        END;
+        IF v_shard IS NULL THEN
+            -- Every shard with enough is busy, or none has enough alone: take the whole
+            -- pool (multi-shard writers queue on the advisory lock, so they cannot deadlock)
+            -- and draw from the fullest shards.
+            PERFORM pg_advisory_xact_lock(hashtextextended('offset_pool:' || p_pool, 0));
+            SELECT sum(remaining_g) INTO v_total FROM (
+                SELECT remaining_g FROM offset_pool_shards
+                 WHERE pool_id = p_pool ORDER BY shard FOR UPDATE) s;
+            IF coalesce(v_total, 0) < p_grams THEN
+                RETURN NULL;
+            END IF;
+            v_need := p_grams;
+            FOR r IN SELECT shard, remaining_g FROM offset_pool_shards
+                      WHERE pool_id = p_pool AND remaining_g > 0
+                      ORDER BY remaining_g DESC, shard LOOP
+                UPDATE offset_pool_shards
+                   SET remaining_g = remaining_g - least(r.remaining_g, v_need)
+                 WHERE pool_id = p_pool AND shard = r.shard;
+                v_need := v_need - least(r.remaining_g, v_need);
+                EXIT WHEN v_need = 0;
+            END LOOP;
+        END IF;
+        SELECT sum(remaining_g) INTO v_total FROM offset_pool_shards WHERE pool_id = p_pool;
+        RETURN v_total;
+    END
+    $$
+    """,
 ]
 
 REGISTRY_SQL_DOWN = [
+    "DROP FUNCTION offset_pool_take(uuid, bigint)",
     "DROP TRIGGER offset_blocks_closed_once ON offset_blocks",
     "DROP FUNCTION offset_blocks_closed_once()",
     "DROP TRIGGER offset_blocks_retired_frozen ON offset_blocks",
@@ -127,7 +184,6 @@ def upgrade() -> None:
         sa.Column("claim_type", sa.String(length=20), nullable=False),
         sa.Column("subject", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("total_g", sa.BigInteger(), nullable=False),
-        sa.Column("remaining_g", sa.BigInteger(), nullable=False),
         sa.Column("low_balance_g", sa.BigInteger(), nullable=True),
         sa.Column("id", sa.UUID(), nullable=False),
         sa.Column("created_at", postgresql.TIMESTAMP(timezone=True), nullable=False),
@@ -140,9 +196,7 @@ def upgrade() -> None:
             "low_balance_g IS NULL OR low_balance_g >= 0",
             name=op.f("offset_pools_low_balance_check"),
         ),
-        sa.CheckConstraint(
-            "remaining_g >= 0 AND remaining_g <= total_g", name=op.f("offset_pools_remaining_check")
-        ),
+        sa.CheckConstraint("total_g >= 0", name=op.f("offset_pools_total_check")),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],
@@ -154,6 +208,20 @@ def upgrade() -> None:
     )
     op.create_index(
         op.f("ix_offset_pools_organization_id"), "offset_pools", ["organization_id"], unique=False
+    )
+    op.create_table(
+        "offset_pool_shards",
+        sa.Column("pool_id", sa.UUID(), nullable=False),
+        sa.Column("shard", sa.SmallInteger(), nullable=False),
+        sa.Column("remaining_g", sa.BigInteger(), nullable=False),
+        sa.CheckConstraint("remaining_g >= 0", name=op.f("offset_pool_shards_remaining_check")),
+        sa.ForeignKeyConstraint(
+            ["pool_id"],
+            ["offset_pools.id"],
+            name=op.f("offset_pool_shards_pool_id_fkey"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("pool_id", "shard", name=op.f("offset_pool_shards_pkey")),
     )
     op.create_table(
         "offset_projects",
@@ -550,6 +618,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_offset_projects_owner_organization_id"), table_name="offset_projects")
     op.drop_table("offset_projects")
     op.drop_index(op.f("ix_offset_pools_organization_id"), table_name="offset_pools")
+    op.drop_table("offset_pool_shards")
     op.drop_table("offset_pools")
     op.drop_table("offset_goals")
     op.drop_table("offset_serial_counter")

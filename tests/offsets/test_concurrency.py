@@ -422,8 +422,13 @@ class TestPoolRaces:
         for r in results:
             if r.status_code == 409:
                 assert_problem(r, 409, "pool_exhausted")
+        # Each answer reports what was left as its draw saw it. The pool's grams are kept in
+        # shards (no single hot row), so concurrent draws may see the same remainder: the
+        # figures are bounded and never negative, and the final remainder is exact (below).
         remaining = sorted(r.json()["pool_remaining_g"] for r in results if r.status_code == 201)
-        assert remaining == [grams * k for k in range(fits)]
+        assert len(remaining) == fits
+        assert all(0 <= left <= GRAMS - grams for left in remaining)
+        assert remaining[0] == 0
 
         read = (await client.get(f"/v1/offset-pools/{pool['id']}", headers=holder.headers)).json()
         assert (read["remaining_g"], read["drawn_g"]) == (0, GRAMS)
