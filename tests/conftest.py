@@ -40,7 +40,7 @@ from app.db.session import create_sessionmaker  # noqa: E402
 from app.db.url import async_url, libpq_url  # noqa: E402
 from app.main import create_app  # noqa: E402
 
-configure_logging(json=False, level="WARNING")
+configure_logging(json=False, level="WARNING", cache_loggers=False)
 
 _EMBEDDED_DIR: Path | None = None
 _EMBEDDED: EmbeddedPostgres | None = None

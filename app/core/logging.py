@@ -8,7 +8,9 @@ import sys
 import structlog
 
 
-def configure_logging(*, json: bool, level: str = "INFO") -> None:
+def configure_logging(*, json: bool, level: str = "INFO", cache_loggers: bool = True) -> None:
+    """``cache_loggers=False`` for tests: structlog's ``capture_logs`` cannot see loggers that
+    cached their processors on first use."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -29,7 +31,7 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache_loggers,
     )
     handler = logging.StreamHandler()
     handler.setFormatter(

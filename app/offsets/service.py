@@ -767,27 +767,25 @@ async def draw_unit_claim(
         "verification_url": claim_url(settings, code),
     }
     canonical, signature, key_id = _sign(settings, document)
-    claim_id = new_id()
-    now = utc_now()
+    values: dict[str, Any] = {
+        "id": new_id(),
+        "code": code,
+        "organization_id": org.id,
+        "pool_id": pool.id,
+        "reference": data.reference,
+        "claim_type": pool.claim_type,
+        "subject": pool.subject,
+        "footprint_g": data.grams,
+        "covered_g": data.grams,
+        "status": ClaimStatus.active,
+        "document": canonical,
+        "signature": signature,
+        "key_id": key_id,
+        "created_at": utc_now(),
+    }
     try:
-        await session.execute(
-            insert(Claim).values(
-                id=claim_id,
-                code=code,
-                organization_id=org.id,
-                pool_id=pool.id,
-                reference=data.reference,
-                claim_type=pool.claim_type,
-                subject=pool.subject,
-                footprint_g=data.grams,
-                covered_g=data.grams,
-                status=ClaimStatus.active,
-                document=canonical,
-                signature=signature,
-                key_id=key_id,
-                created_at=now,
-            )
-        )
+        # A Core insert, not session.add: the hot path of every checkout skips the unit of work.
+        await session.execute(insert(Claim).values(**values))
     except IntegrityError as exc:
         if "offset_claims_pool_id_reference_key" in str(exc.orig):
             raise DuplicateReference(
@@ -799,22 +797,7 @@ async def draw_unit_claim(
     if remaining is None:
         raise PoolExhausted("The pool has fewer grams left than asked.", requested_g=data.grams)
     threshold = data.notify_below_g if data.notify_below_g is not None else pool.low_balance_g
-    claim = Claim(
-        id=claim_id,
-        code=code,
-        organization_id=org.id,
-        pool_id=pool.id,
-        reference=data.reference,
-        claim_type=pool.claim_type,
-        subject=pool.subject,
-        footprint_g=data.grams,
-        covered_g=data.grams,
-        status=ClaimStatus.active,
-        document=canonical,
-        signature=signature,
-        key_id=key_id,
-        created_at=now,
-    )
+    claim = Claim(**values)
     return UnitClaim(
         claim=claim,
         pool_remaining_g=int(remaining),
