@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +18,8 @@ from app.db.runtime import stop_embedded
 app = typer.Typer(help="Tanso: J-Credit marketplace and tender auctions.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Ledger maintenance.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+claims_app = typer.Typer(help="Carbon-offset claims.", no_args_is_help=True)
+app.add_typer(claims_app, name="claims")
 
 
 def _prepare_database() -> str:
@@ -188,3 +192,29 @@ def worker(
 
 if __name__ == "__main__":  # pragma: no cover
     app(prog_name="tanso")
+
+
+@claims_app.command("verify")
+def claims_verify(
+    claim: Annotated[
+        Path, typer.Argument(help="The published claim: GET /v1/public/claims/{code}, saved.")
+    ],
+    keys: Annotated[
+        Path, typer.Option(help="The signing keys: GET /v1/public/keys, saved (or one key).")
+    ],
+) -> None:
+    """Verify a published claim offline with only the public key; exit 1 if it fails."""
+    from app.offsets.verify_claim import parse_keys, verify_published_claim
+
+    try:
+        published = json.loads(claim.read_text(encoding="utf-8"))
+        key_map = parse_keys(keys.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        typer.echo(f"cannot read the inputs: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    result = verify_published_claim(published, key_map)
+    for name, passed, detail in result.checks:
+        typer.echo(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}")
+    typer.echo(f"claim {result.code}: {'VALID' if result.ok else 'NOT VALID'}")
+    if not result.ok:
+        raise typer.Exit(code=1)
