@@ -8,7 +8,8 @@
 #   docker run -e TANSO_DATABASE__URL=... -e TANSO_ADMIN_KEY=... tanso worker --concurrency 8
 #
 # The container needs a PostgreSQL (15 or newer): TANSO_DATABASE__URL (or DATABASE_URL) is
-# required. The embedded PostgreSQL that `tanso serve` starts when none is set is for
+# required, and so are TANSO_ADMIN_KEY and TANSO_CLAIMS__SIGNING_KEY (an Ed25519 private key,
+# PEM: `openssl genpkey -algorithm ed25519`), which production refuses to start without. The embedded PostgreSQL that `tanso serve` starts when none is set is for
 # development on a laptop, not for a container whose files vanish with it.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
