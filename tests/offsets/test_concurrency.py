@@ -426,9 +426,10 @@ class TestPoolRaces:
         # shards (no single hot row), so concurrent draws may see the same remainder: the
         # figures are bounded and never negative, and the final remainder is exact (below).
         remaining = sorted(r.json()["pool_remaining_g"] for r in results if r.status_code == 201)
+        # (Two last draws in flight on different shards may each still see the other's grams,
+        # so no answer need say 0; the pool read below must.)
         assert len(remaining) == fits
         assert all(0 <= left <= GRAMS - grams for left in remaining)
-        assert remaining[0] == 0
 
         read = (await client.get(f"/v1/offset-pools/{pool['id']}", headers=holder.headers)).json()
         assert (read["remaining_g"], read["drawn_g"]) == (0, GRAMS)

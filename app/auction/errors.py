@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
+
+
+class AuctionNotFound(NotFound):
+    code = "auction_not_found"
+
+
+class BidNotFound(NotFound):
+    code = "bid_not_found"
+
+
+class AuctionNotOpen(Conflict):
+    code = "auction_not_open"
+
+
+class BidNotActive(Conflict):
+    code = "bid_not_active"
+
+
+class TooManyBids(Conflict):
+    """The bidder already has ``max_bids_per_bidder`` active bids in this auction."""
+
+    code = "too_many_bids"
+
+
+class BidderQuantityExceeded(Conflict):
+    """The bidder's active bids would ask for more than ``max_bidder_quantity``."""
+
+    code = "bidder_quantity_exceeded"
+
+
+class OwnAuction(Forbidden):
+    code = "own_auction"
+
+
+class InvalidAuction(InvalidInput):
+    code = "invalid_auction"
+
+
+class InvalidBid(DomainError):
+    """A bid that breaks the auction's bid format: 422 listing every reason."""
+
+    status_code = 422
+    code = "invalid_bid"
+
+    def __init__(self, reasons: list[str], **extra: Any) -> None:
+        errors = [{"loc": ["body"], "msg": r, "type": "value_error"} for r in reasons]
+        super().__init__("; ".join(reasons), errors=errors, **extra)

@@ -1,0 +1,159 @@
+"""Sealed-bid auction tables: the auction and its rules, the supply held for it, the bids.
+
+Invariants held in the database as well as in Python: positive quantities and prices, valid
+status values, ``closes_at > opens_at``, a reserve not below the public floor, commitments as
+64 hex digits, one arrival sequence number per bid (``submitted_seq``, an identity column).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.auction.clearing import ClearingFormat, TieBreak
+from app.db.base import Base, IdMixin, TimestampMixin
+
+HEX64 = "'^[0-9a-f]{64}$'"
+
+
+class AuctionStatus(StrEnum):
+    scheduled = "scheduled"
+    open = "open"
+    closed = "closed"
+    cleared = "cleared"
+    settled = "settled"
+    cancelled = "cancelled"
+
+
+class BidStatus(StrEnum):
+    active = "active"
+    withdrawn = "withdrawn"
+    won = "won"
+    lost = "lost"
+
+
+def _in(column: str, enum: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(m.value) for m in enum)})"
+
+
+class Auction(IdMixin, TimestampMixin, Base):
+    __tablename__ = "auctions"
+    __table_args__ = (
+        CheckConstraint(_in("format", ClearingFormat), name="format"),
+        CheckConstraint(_in("status", AuctionStatus), name="status"),
+        CheckConstraint(_in("tie_break", TieBreak), name="tie_break"),
+        CheckConstraint("closes_at > opens_at", name="window"),
+        CheckConstraint("supply_quantity > 0", name="supply_quantity"),
+        CheckConstraint("min_bid_quantity > 0", name="min_bid_quantity"),
+        CheckConstraint("quantity_step > 0", name="quantity_step"),
+        CheckConstraint("price_tick > 0", name="price_tick"),
+        CheckConstraint("public_floor_price > 0", name="public_floor_price"),
+        CheckConstraint("reserve_price > 0", name="reserve_price"),
+        CheckConstraint(
+            "reserve_price IS NULL OR public_floor_price IS NULL"
+            " OR reserve_price >= public_floor_price",
+            name="reserve_floor",
+        ),
+        CheckConstraint("max_bidder_quantity > 0", name="max_bidder_quantity"),
+        CheckConstraint("max_bids_per_bidder > 0", name="max_bids_per_bidder"),
+        CheckConstraint(f"reserve_commitment ~ {HEX64}", name="reserve_commitment"),
+        CheckConstraint(f"reserve_nonce ~ {HEX64}", name="reserve_nonce"),
+        CheckConstraint(f"seed_commitment ~ {HEX64}", name="seed_commitment"),
+        CheckConstraint(f"seed ~ {HEX64}", name="seed"),
+        CheckConstraint(f"seed_nonce ~ {HEX64}", name="seed_nonce"),
+    )
+
+    title: Mapped[str] = mapped_column(String(200), nullable=False)
+    format: Mapped[ClearingFormat] = mapped_column(String(20), nullable=False)
+    status: Mapped[AuctionStatus] = mapped_column(String(20), nullable=False)
+    created_by_organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    opens_at: Mapped[datetime] = mapped_column(nullable=False)
+    closes_at: Mapped[datetime] = mapped_column(nullable=False, index=True)
+    supply_quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    min_bid_quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    quantity_step: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    price_tick: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    public_floor_price: Mapped[int | None] = mapped_column(BigInteger)
+    # Confidential until the auction is cleared: never in an API response before then.
+    reserve_price: Mapped[int | None] = mapped_column(BigInteger)
+    max_bidder_quantity: Mapped[int | None] = mapped_column(BigInteger)
+    max_bids_per_bidder: Mapped[int | None] = mapped_column(Integer)
+    tie_break: Mapped[TieBreak] = mapped_column(String(20), nullable=False)
+    reserve_commitment: Mapped[str] = mapped_column(String(64), nullable=False)
+    reserve_nonce: Mapped[str] = mapped_column(String(64), nullable=False)
+    seed_commitment: Mapped[str] = mapped_column(String(64), nullable=False)
+    seed: Mapped[str] = mapped_column(String(64), nullable=False)
+    seed_nonce: Mapped[str] = mapped_column(String(64), nullable=False)
+
+    supply: Mapped[list[AuctionSupply]] = relationship(
+        lazy="raise", order_by="AuctionSupply.batch_id"
+    )
+
+
+class AuctionSupply(IdMixin, Base):
+    __tablename__ = "auction_supply"
+    __table_args__ = (
+        UniqueConstraint("auction_id", "batch_id"),
+        CheckConstraint("quantity > 0", name="quantity"),
+    )
+
+    auction_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("auctions.id", ondelete="RESTRICT"), nullable=False
+    )
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("offset_batches.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The registry hold (offsets.hold_credits) on the creator's credits.
+    credit_hold_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("ledger_holds.id", ondelete="RESTRICT"), nullable=False, unique=True
+    )
+
+
+class AuctionBid(IdMixin, TimestampMixin, Base):
+    __tablename__ = "auction_bids"
+    __table_args__ = (
+        CheckConstraint(_in("status", BidStatus), name="status"),
+        CheckConstraint("price > 0", name="price"),
+        CheckConstraint("quantity > 0", name="quantity"),
+        CheckConstraint(f"commitment ~ {HEX64}", name="commitment"),
+        CheckConstraint(f"nonce ~ {HEX64}", name="nonce"),
+        Index(
+            "ix_auction_bids_auction_id_bidder_organization_id",
+            "auction_id",
+            "bidder_organization_id",
+        ),
+    )
+
+    auction_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("auctions.id", ondelete="RESTRICT"), nullable=False
+    )
+    bidder_organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    price: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[BidStatus] = mapped_column(String(20), nullable=False)
+    # The cash hold (ledger.reserve) for price × quantity.
+    cash_hold_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("ledger_holds.id", ondelete="RESTRICT"), nullable=False, unique=True
+    )
+    commitment: Mapped[str] = mapped_column(String(64), nullable=False)
+    # Kept to be revealed by the post-clearing audit; returned to the bidder once.
+    nonce: Mapped[str] = mapped_column(String(64), nullable=False)
+    submitted_seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True, nullable=False)

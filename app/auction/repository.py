@@ -1,0 +1,81 @@
+"""Every query on the auction tables."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Select, func, select, text
+from sqlalchemy.orm import selectinload
+
+from app.auction.models import Auction, AuctionBid, BidStatus
+from app.core.pagination import Page, PageParams
+from app.core.repository import Repository
+
+
+class AuctionRepository(Repository[Auction]):
+    model = Auction
+
+    async def load(self, auction_id: uuid.UUID, *, lock: str | None = None) -> Auction | None:
+        """The auction with its supply. ``lock``: ``"update"`` or ``"share"`` (a row lock,
+        with the locked row replacing any stale copy in the session)."""
+        stmt: Select[Any] = (
+            select(Auction).where(Auction.id == auction_id).options(selectinload(Auction.supply))
+        )
+        if lock is not None:
+            stmt = stmt.with_for_update(read=lock == "share").execution_options(
+                populate_existing=True
+            )
+        result: Auction | None = (await self.session.execute(stmt)).scalar_one_or_none()
+        return result
+
+    async def list_page(self, params: PageParams) -> Page[Auction]:
+        return await self.page(select(Auction).options(selectinload(Auction.supply)), params)
+
+
+class BidRepository(Repository[AuctionBid]):
+    model = AuctionBid
+
+    async def lock_bidder(self, auction_id: uuid.UUID, bidder_id: uuid.UUID) -> None:
+        """Serialise one bidder's bid changes in one auction (caps count its active bids)."""
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"auction-bidder:{auction_id}:{bidder_id}"},
+        )
+
+    async def active_totals(self, auction_id: uuid.UUID, bidder_id: uuid.UUID) -> tuple[int, int]:
+        """(number of bids, total quantity) of the bidder's active bids."""
+        row = (
+            await self.session.execute(
+                select(func.count(), func.coalesce(func.sum(AuctionBid.quantity), 0)).where(
+                    AuctionBid.auction_id == auction_id,
+                    AuctionBid.bidder_organization_id == bidder_id,
+                    AuctionBid.status == BidStatus.active,
+                )
+            )
+        ).one()
+        return int(row[0]), int(row[1])
+
+    async def own(
+        self, auction_id: uuid.UUID, bidder_id: uuid.UUID, bid_id: uuid.UUID, *, for_update: bool
+    ) -> AuctionBid | None:
+        stmt: Select[Any] = select(AuctionBid).where(
+            AuctionBid.id == bid_id,
+            AuctionBid.auction_id == auction_id,
+            AuctionBid.bidder_organization_id == bidder_id,
+        )
+        if for_update:
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        result: AuctionBid | None = (await self.session.execute(stmt)).scalar_one_or_none()
+        return result
+
+    async def list_own(self, auction_id: uuid.UUID, bidder_id: uuid.UUID) -> list[AuctionBid]:
+        rows = await self.session.scalars(
+            select(AuctionBid)
+            .where(
+                AuctionBid.auction_id == auction_id,
+                AuctionBid.bidder_organization_id == bidder_id,
+            )
+            .order_by(AuctionBid.submitted_seq)
+        )
+        return list(rows)

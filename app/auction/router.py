@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
+
+from app.accounts.dependencies import require_scopes
+from app.accounts.errors import InvalidApiKey, MissingScope
+from app.accounts.models import Scope
+from app.accounts.service import Principal
+from app.auction import service as auction_service
+from app.auction.errors import (
+    AuctionNotFound,
+    AuctionNotOpen,
+    BidderQuantityExceeded,
+    BidNotActive,
+    BidNotFound,
+    InvalidAuction,
+    InvalidBid,
+    OwnAuction,
+    TooManyBids,
+)
+from app.auction.models import Auction, AuctionBid
+from app.auction.schemas import (
+    AuctionCreate,
+    AuctionRead,
+    BidCreate,
+    BidCreated,
+    BidRead,
+    SupplyRead,
+)
+from app.core.errors import problem_responses
+from app.core.pagination import Page, PageDep
+from app.db.session import SessionDep
+from app.ledger.errors import InsufficientBalance
+from app.offsets.errors import BatchNotFound, InsufficientCredits
+
+router = APIRouter(prefix="/auctions", tags=["auctions"])
+
+AUTH = (InvalidApiKey, MissingScope)
+Auctioneer = Annotated[Principal, Depends(require_scopes(Scope.auctioneer))]
+Bidder = Annotated[Principal, Depends(require_scopes(Scope.bid))]
+AnyKey = Annotated[Principal, Depends(require_scopes())]
+
+
+def auction_read(a: Auction) -> AuctionRead:
+    return AuctionRead(
+        id=a.id,
+        title=a.title,
+        format=a.format,
+        status=auction_service.effective_status(a),
+        created_by_organization_id=a.created_by_organization_id,
+        opens_at=a.opens_at,
+        closes_at=a.closes_at,
+        supply=[SupplyRead(batch_id=s.batch_id, quantity=s.quantity) for s in a.supply],
+        supply_quantity=a.supply_quantity,
+        min_bid_quantity=a.min_bid_quantity,
+        quantity_step=a.quantity_step,
+        price_tick=a.price_tick,
+        public_floor_price=a.public_floor_price,
+        reserve_price=auction_service.visible_reserve(a),
+        reserve_commitment=a.reserve_commitment,
+        seed_commitment=a.seed_commitment,
+        max_bidder_quantity=a.max_bidder_quantity,
+        max_bids_per_bidder=a.max_bids_per_bidder,
+        tie_break=a.tie_break,
+        created_at=a.created_at,
+    )
+
+
+def bid_read(b: AuctionBid) -> BidRead:
+    return BidRead(
+        id=b.id,
+        auction_id=b.auction_id,
+        price=b.price,
+        quantity=b.quantity,
+        amount=b.price * b.quantity,
+        status=b.status,
+        commitment=b.commitment,
+        submitted_seq=b.submitted_seq,
+        created_at=b.created_at,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AuctionRead,
+    responses=problem_responses(*AUTH, InvalidAuction, BatchNotFound, InsufficientCredits),
+    summary="Create a sealed-bid auction; its supply is held from the creator's credits",
+)
+async def create_auction(
+    body: AuctionCreate, session: SessionDep, principal: Auctioneer
+) -> AuctionRead:
+    auction = await auction_service.create_auction(session, principal.organization_id, body)
+    return auction_read(auction)
+
+
+@router.get(
+    "",
+    response_model=Page[AuctionRead],
+    responses=problem_responses(*AUTH),
+    summary="List auctions, newest first (the reserve price is never shown before clearing)",
+)
+async def list_auctions(session: SessionDep, _: AnyKey, page: PageDep) -> Page[AuctionRead]:
+    result = await auction_service.list_auctions(session, page)
+    return Page(data=[auction_read(a) for a in result.data], next_cursor=result.next_cursor)
+
+
+@router.get(
+    "/{auction_id}",
+    response_model=AuctionRead,
+    responses=problem_responses(*AUTH, AuctionNotFound),
+    summary="One auction (the reserve price is never shown before clearing)",
+)
+async def get_auction(auction_id: uuid.UUID, session: SessionDep, _: AnyKey) -> AuctionRead:
+    return auction_read(await auction_service.get_auction(session, auction_id))
+
+
+@router.post(
+    "/{auction_id}/bids",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BidCreated,
+    responses=problem_responses(
+        *AUTH,
+        OwnAuction,
+        AuctionNotFound,
+        AuctionNotOpen,
+        TooManyBids,
+        BidderQuantityExceeded,
+        InsufficientBalance,
+        InvalidBid,
+    ),
+    summary="Place a sealed bid while the auction is open; cash for price × quantity is held",
+)
+async def place_bid(
+    auction_id: uuid.UUID, body: BidCreate, session: SessionDep, principal: Bidder
+) -> BidCreated:
+    placed = await auction_service.place_bid(
+        session, principal.organization_id, auction_id, body.price, body.quantity
+    )
+    return BidCreated(**bid_read(placed.bid).model_dump(), nonce=placed.nonce)
+
+
+@router.get(
+    "/{auction_id}/bids",
+    response_model=list[BidRead],
+    responses=problem_responses(*AUTH, AuctionNotFound),
+    summary="The caller's own bids in an auction, in submission order",
+)
+async def list_bids(auction_id: uuid.UUID, session: SessionDep, principal: Bidder) -> list[BidRead]:
+    bids = await auction_service.list_own_bids(session, principal.organization_id, auction_id)
+    return [bid_read(b) for b in bids]
+
+
+@router.delete(
+    "/{auction_id}/bids/{bid_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(*AUTH, AuctionNotFound, BidNotFound, AuctionNotOpen, BidNotActive),
+    summary="Withdraw one of the caller's bids while the auction is open; its cash is released",
+)
+async def withdraw_bid(
+    auction_id: uuid.UUID, bid_id: uuid.UUID, session: SessionDep, principal: Bidder
+) -> Response:
+    await auction_service.withdraw_bid(session, principal.organization_id, auction_id, bid_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from app.auction.clearing import ClearingFormat, TieBreak
+from app.auction.models import AuctionStatus, BidStatus
+
+MAX_QUANTITY = 1_000_000_000  # credits
+MAX_PRICE = 1_000_000_000  # JPY per credit; price × quantity stays within BIGINT
+
+Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
+Price = Annotated[int, Field(gt=0, le=MAX_PRICE, strict=True)]
+Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SupplyItem(Strict):
+    batch_id: uuid.UUID
+    quantity: Quantity
+
+
+class AuctionCreate(Strict):
+    title: Text200
+    format: ClearingFormat
+    supply: list[SupplyItem] = Field(min_length=1, max_length=100)
+    opens_at: AwareDatetime
+    closes_at: AwareDatetime
+    min_bid_quantity: Quantity = 1
+    quantity_step: Quantity = 1
+    price_tick: Price = 1
+    public_floor_price: Price | None = Field(
+        default=None, description="Published minimum price (JPY per t-CO2e)."
+    )
+    reserve_price: Price | None = Field(
+        default=None,
+        description="Confidential minimum price: only its commitment is shown until clearing.",
+    )
+    max_bidder_quantity: Quantity | None = Field(
+        default=None, description="Cap on the total quantity of one bidder's active bids."
+    )
+    max_bids_per_bidder: Annotated[int, Field(gt=0, le=1000, strict=True)] | None = None
+    tie_break: TieBreak = TieBreak.random
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuctionCreate:
+        if self.closes_at <= self.opens_at:
+            raise ValueError("closes_at must be after opens_at")
+        if (
+            self.reserve_price is not None
+            and self.public_floor_price is not None
+            and self.reserve_price < self.public_floor_price
+        ):
+            raise ValueError("reserve_price cannot be below public_floor_price")
+        if len({s.batch_id for s in self.supply}) != len(self.supply):
+            raise ValueError("each batch may appear once in supply")
+        total = sum(s.quantity for s in self.supply)
+        if total % self.quantity_step:
+            raise ValueError("the total supply must be a multiple of quantity_step")
+        if self.max_bidder_quantity is not None and self.max_bidder_quantity < self.quantity_step:
+            raise ValueError("max_bidder_quantity must be at least quantity_step")
+        return self
+
+
+class SupplyRead(BaseModel):
+    batch_id: uuid.UUID
+    quantity: int
+
+
+class AuctionRead(BaseModel):
+    id: uuid.UUID
+    title: str
+    format: ClearingFormat
+    status: AuctionStatus = Field(
+        description="Derived from the clock for scheduled → open → closed when no job has "
+        "moved it yet."
+    )
+    created_by_organization_id: uuid.UUID
+    opens_at: datetime
+    closes_at: datetime
+    supply: list[SupplyRead]
+    supply_quantity: int
+    min_bid_quantity: int
+    quantity_step: int
+    price_tick: int
+    public_floor_price: int | None
+    reserve_price: int | None = Field(
+        description="null until the auction is cleared (confidential before then)."
+    )
+    reserve_commitment: str
+    seed_commitment: str
+    max_bidder_quantity: int | None
+    max_bids_per_bidder: int | None
+    tie_break: TieBreak
+    created_at: datetime
+
+
+class BidCreate(Strict):
+    price: Price
+    quantity: Quantity
+
+
+class BidRead(BaseModel):
+    id: uuid.UUID
+    auction_id: uuid.UUID
+    price: int
+    quantity: int
+    amount: int = Field(description="price × quantity, held from the bidder's cash.")
+    status: BidStatus
+    commitment: str
+    submitted_seq: int
+    created_at: datetime
+
+
+class BidCreated(BidRead):
+    nonce: str = Field(
+        description="The commitment's nonce, returned once: keep it to verify the commitment."
+    )
