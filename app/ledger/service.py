@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import structlog
 from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import InvalidInput
@@ -25,6 +24,7 @@ from app.core.ids import new_id
 from app.core.pagination import Page, PageParams, make_page
 from app.core.repository import parse_uuid_cursor
 from app.core.time import utc_now
+from app.db.driver import DatabaseRefusal, scalar_call
 from app.ledger.errors import (
     AccountNotFound,
     DuplicateDeposit,
@@ -124,11 +124,7 @@ async def account_id(
 
 # --- posting ---------------------------------------------------------------------------
 
-_POST_SQL = text(
-    "SELECT ledger_post_entries(:entry_ids, :kinds, :references, :keys, :metadata,"
-    " :leg_entries, :leg_accounts, :leg_assets, :leg_amounts)"
-)
-_POST_SQL_DRIVER = "SELECT ledger_post_entries($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_POST_SQL = "SELECT ledger_post_entries($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 
 async def post_entries(session: AsyncSession, entries: Sequence[EntrySpec]) -> list[uuid.UUID]:
@@ -162,24 +158,13 @@ async def post_entries(session: AsyncSession, entries: Sequence[EntrySpec]) -> l
         "leg_assets": leg_assets,
         "leg_amounts": leg_amounts,
     }
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    if driver is not None and driver.is_in_transaction():
-        # The hot path: straight to asyncpg, on the session's own connection and inside its
-        # transaction (SQLAlchemy's statement machinery costs more than the call itself).
-        try:
-            written = await driver.fetchval(_POST_SQL_DRIVER, *params.values())
-        except asyncpg.PostgresError as exc:
-            raise (_translate_sqlstate(exc.sqlstate, str(exc)) or exc) from exc
-    else:
-        # First statement of the transaction: let SQLAlchemy begin it.
-        try:
-            written = await session.scalar(_POST_SQL, params)
-        except DBAPIError as exc:
-            orig = exc.orig
-            sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-            message = str(getattr(orig, "args", [""])[0]) if orig is not None else str(exc)
-            raise (_translate_sqlstate(sqlstate, message) or exc) from exc
+    try:
+        written = await scalar_call(session, _POST_SQL, list(params.values()))
+    except DatabaseRefusal as refusal:
+        translated = _translate_sqlstate(refusal.sqlstate, refusal.message)
+        if translated is None:
+            raise refusal.__cause__ or refusal from None
+        raise translated from refusal
     return list(written or [])
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, and_, func, insert, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.time import utc_now
+from app.db.driver import scalar_call
 from app.offsets import serials
 from app.offsets.models import (
     POOL_SHARDS,
@@ -299,12 +301,35 @@ async def return_to_pool(session: AsyncSession, pool_id: uuid.UUID, grams: int) 
     )
 
 
-async def take_from_pool(session: AsyncSession, pool_id: uuid.UUID, grams: int) -> int | None:
-    """Take ``grams`` from the pool; returns the grams left, or None (nothing taken) if the
-    pool has too few. One call of ``offset_pool_take`` (migration 0003): a random free shard
-    in the common case, the whole pool under an advisory lock otherwise."""
-    left = await session.scalar(select(func.offset_pool_take(pool_id, literal(grams, BigInteger))))
-    return None if left is None else int(left)
+_DRAW_SQL = "SELECT offset_pool_draw($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+
+
+async def draw_from_pool(session: AsyncSession, values: dict[str, Any]) -> int:
+    """Insert a unit claim and take its grams from its pool in one round trip
+    (``offset_pool_draw``, migration 0003); returns the grams left in the pool.
+
+    Raises ``DatabaseRefusal``: SQLSTATE TN102 when the pool is short (nothing is written),
+    23505 on ``offset_claims_pool_id_reference_key`` for a reference already drawn.
+    """
+    left = await scalar_call(
+        session,
+        _DRAW_SQL,
+        [
+            values["pool_id"],
+            values["covered_g"],
+            values["id"],
+            values["code"],
+            values["organization_id"],
+            values["reference"],
+            str(values["claim_type"]),
+            json.dumps(values["subject"]),
+            values["document"],
+            values["signature"],
+            values["key_id"],
+            values["created_at"],
+        ],
+    )
+    return int(left)
 
 
 async def pool_remaining(

@@ -13,7 +13,7 @@ from datetime import date, datetime, time
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, func, insert, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +26,7 @@ from app.core.ids import new_id, public_code
 from app.core.pagination import Page, PageParams, make_page
 from app.core.repository import parse_uuid_cursor
 from app.core.time import TOKYO, utc_now
+from app.db.driver import DatabaseRefusal
 from app.ledger import service as ledger_service
 from app.ledger.models import AccountKind, AssetKind
 from app.ledger.posting import transfer as transfer_legs
@@ -55,6 +56,7 @@ from app.offsets.models import (
     Claim,
     ClaimAllocation,
     ClaimStatus,
+    ClaimType,
     CreditTransfer,
     Goal,
     OffsetPool,
@@ -730,6 +732,47 @@ async def pool_allocations(
     return await repo.allocations_for(session, pool_id=pool_id)
 
 
+POOL_SHORT_SQLSTATE = "TN102"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFacts:
+    """What a draw needs of its pool. None of it ever changes, so it is cached per process."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    code: str
+    name: str
+    claim_type: ClaimType
+    subject: dict[str, Any]
+    low_balance_g: int | None
+
+
+_POOL_FACTS: dict[uuid.UUID, PoolFacts] = {}
+_POOL_FACTS_MAX = 10_000
+
+
+async def _pool_facts(session: AsyncSession, pool_id: uuid.UUID) -> PoolFacts | None:
+    facts = _POOL_FACTS.get(pool_id)
+    if facts is None:
+        pool = await session.get(OffsetPool, pool_id)
+        if pool is None:
+            return None
+        facts = PoolFacts(
+            pool.id,
+            pool.organization_id,
+            pool.code,
+            pool.name,
+            ClaimType(pool.claim_type),
+            pool.subject,
+            pool.low_balance_g,
+        )
+        if len(_POOL_FACTS) >= _POOL_FACTS_MAX:
+            _POOL_FACTS.clear()
+        _POOL_FACTS[pool_id] = facts
+    return facts
+
+
 @dataclass(frozen=True, slots=True)
 class UnitClaim:
     claim: Claim
@@ -748,7 +791,7 @@ async def draw_unit_claim(
     conditional UPDATE, so it is locked only for the moment before commit and can never go
     below zero however many checkouts race."""
     org = _acting_organization(principal)
-    pool = await session.get(OffsetPool, pool_id)
+    pool = await _pool_facts(session, pool_id)
     if pool is None or pool.organization_id != org.id:
         raise PoolNotFound("No such offset pool.")
     code = public_code("CL")
@@ -784,18 +827,18 @@ async def draw_unit_claim(
         "created_at": utc_now(),
     }
     try:
-        # A Core insert, not session.add: the hot path of every checkout skips the unit of work.
-        await session.execute(insert(Claim).values(**values))
-    except IntegrityError as exc:
-        if "offset_claims_pool_id_reference_key" in str(exc.orig):
+        remaining = await repo.draw_from_pool(session, values)
+    except DatabaseRefusal as refusal:
+        if refusal.sqlstate == POOL_SHORT_SQLSTATE:
+            raise PoolExhausted(
+                "The pool has fewer grams left than asked.", requested_g=data.grams
+            ) from refusal
+        if refusal.constraint == "offset_claims_pool_id_reference_key":
             raise DuplicateReference(
                 "A unit claim with this reference already exists in this pool.",
                 reference=data.reference,
-            ) from exc
+            ) from refusal
         raise
-    remaining = await repo.take_from_pool(session, pool.id, data.grams)
-    if remaining is None:
-        raise PoolExhausted("The pool has fewer grams left than asked.", requested_g=data.grams)
     threshold = data.notify_below_g if data.notify_below_g is not None else pool.low_balance_g
     claim = Claim(**values)
     return UnitClaim(

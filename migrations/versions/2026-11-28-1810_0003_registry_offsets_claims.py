@@ -126,9 +126,38 @@ REGISTRY_SQL = [
     END
     $$
     """,
+    # One checkout, one round trip: the unit claim and its draw from the pool. A duplicate
+    # order reference fails on the unique constraint; a short pool raises TN102.
+    """
+    CREATE FUNCTION offset_pool_draw(
+        p_pool uuid, p_grams bigint, p_id uuid, p_code text, p_org uuid, p_reference text,
+        p_claim_type text, p_subject jsonb, p_document text, p_signature text, p_key_id text,
+        p_created_at timestamptz
+    ) RETURNS bigint
+    LANGUAGE plpgsql
+    SET plan_cache_mode = force_generic_plan
+    AS $$
+    DECLARE
+        v_left bigint;
+    BEGIN
+        INSERT INTO offset_claims (id, code, organization_id, pool_id, reference, claim_type,
+                                   subject, footprint_g, covered_g, status, document,
+                                   signature, key_id, created_at)
+        VALUES (p_id, p_code, p_org, p_pool, p_reference, p_claim_type, p_subject, p_grams,
+                p_grams, 'active', p_document, p_signature, p_key_id, p_created_at);
+        v_left := offset_pool_take(p_pool, p_grams);
+        IF v_left IS NULL THEN
+            RAISE EXCEPTION 'offset pool % has fewer than % g left', p_pool, p_grams
+                USING ERRCODE = 'TN102';
+        END IF;
+        RETURN v_left;
+    END
+    $$
+    """,
 ]
 
 REGISTRY_SQL_DOWN = [
+    "DROP FUNCTION offset_pool_draw(uuid, bigint, uuid, text, uuid, text, text, jsonb, text, text, text, timestamptz)",
     "DROP FUNCTION offset_pool_take(uuid, bigint)",
     "DROP TRIGGER offset_blocks_closed_once ON offset_blocks",
     "DROP FUNCTION offset_blocks_closed_once()",
