@@ -8,7 +8,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, String
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, IdMixin, TimestampMixin
+from app.db.base import Base, IdMixin, StringEnum, TimestampMixin
 
 
 class OrganizationKind(StrEnum):
@@ -48,12 +48,12 @@ class Organization(IdMixin, TimestampMixin, Base):
     )
 
     name: Mapped[str] = mapped_column(String(200), nullable=False)
-    kind: Mapped[OrganizationKind] = mapped_column(String(20), nullable=False)
+    kind: Mapped[OrganizationKind] = mapped_column(StringEnum(OrganizationKind, 20), nullable=False)
     prefecture: Mapped[str | None] = mapped_column(String(2))
     corporate_number: Mapped[str | None] = mapped_column(String(13), unique=True)
     group: Mapped[str | None] = mapped_column(String(100), index=True)
     status: Mapped[OrganizationStatus] = mapped_column(
-        String(20), nullable=False, default=OrganizationStatus.active
+        StringEnum(OrganizationStatus, 20), nullable=False, default=OrganizationStatus.active
     )
 
 

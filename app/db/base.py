@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
+from typing import TypeVar
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, String
 from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from app.core.ids import new_id
 from app.core.time import utc_now
@@ -39,3 +43,25 @@ class IdMixin:
 class TimestampMixin:
     created_at: Mapped[datetime] = mapped_column(default=utc_now, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now, nullable=False)
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class StringEnum(TypeDecorator[E]):
+    """A ``StrEnum`` stored as a plain string (Polar's pattern): adding a value needs no
+    migration (valid values are a CHECK, written beside the column), and values load back
+    as the enum rather than a bare ``str``."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.time import utc_now
-from app.db.base import Base, IdMixin, TimestampMixin
+from app.db.base import Base, IdMixin, StringEnum, TimestampMixin
 
 
 class AssetKind(StrEnum):
@@ -62,7 +62,7 @@ class Asset(Base):
     __table_args__ = (CheckConstraint("kind IN ('cash', 'credit')", name="kind"),)
 
     code: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[AssetKind] = mapped_column(String(10), nullable=False)
+    kind: Mapped[AssetKind] = mapped_column(StringEnum(AssetKind, 10), nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     created_at: Mapped[datetime] = mapped_column(default=utc_now, nullable=False)
 
@@ -86,7 +86,7 @@ class Account(IdMixin, Base):
         ForeignKey("organizations.id", ondelete="RESTRICT")
     )
     asset: Mapped[str] = mapped_column(ForeignKey("ledger_assets.code"), nullable=False)
-    kind: Mapped[AccountKind] = mapped_column(String(10), nullable=False)
+    kind: Mapped[AccountKind] = mapped_column(StringEnum(AccountKind, 10), nullable=False)
     is_non_negative: Mapped[bool] = mapped_column(Boolean, nullable=False)
     balance: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
@@ -151,7 +151,7 @@ class Hold(IdMixin, TimestampMixin, Base):
     asset: Mapped[str] = mapped_column(ForeignKey("ledger_assets.code"), nullable=False)
     amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
     remaining: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    status: Mapped[HoldStatus] = mapped_column(String(10), nullable=False)
+    status: Mapped[HoldStatus] = mapped_column(StringEnum(HoldStatus, 10), nullable=False)
     reference: Mapped[str | None] = mapped_column(String(200))
 
 

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.time import utc_now
-from app.db.base import Base, IdMixin, TimestampMixin
+from app.db.base import Base, IdMixin, StringEnum, TimestampMixin
 from app.offsets.serials import BlockState
 
 GRAMS_PER_CREDIT = 1_000_000  # 1 credit = 1 t-CO2e = 1,000,000 g
@@ -92,7 +92,7 @@ class Project(IdMixin, TimestampMixin, Base):
         ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False, index=True
     )
     methodology: Mapped[str] = mapped_column(String(10), nullable=False)
-    category: Mapped[Category] = mapped_column(String(20), nullable=False)
+    category: Mapped[Category] = mapped_column(StringEnum(Category, 20), nullable=False)
     prefecture: Mapped[str] = mapped_column(String(2), nullable=False)
 
 
@@ -122,7 +122,7 @@ class Batch(IdMixin, Base):
     issued_to_organization_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False
     )
-    category: Mapped[Category] = mapped_column(String(20), nullable=False)
+    category: Mapped[Category] = mapped_column(StringEnum(Category, 20), nullable=False)
     prefecture: Mapped[str] = mapped_column(String(2), nullable=False)
     quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
     monitoring_period_start: Mapped[date] = mapped_column(Date, nullable=False)
@@ -167,7 +167,7 @@ class Block(IdMixin, Base):
     )
     serial_start: Mapped[int] = mapped_column(BigInteger, nullable=False)
     serial_end: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    state: Mapped[BlockState] = mapped_column(String(10), nullable=False)
+    state: Mapped[BlockState] = mapped_column(StringEnum(BlockState, 10), nullable=False)
     hold_id: Mapped[uuid.UUID | None] = mapped_column()
     retirement_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("offset_retirements.id", ondelete="RESTRICT")
@@ -215,7 +215,7 @@ class Retirement(IdMixin, Base):
         ForeignKey("offset_batches.id", ondelete="RESTRICT"), nullable=False, index=True
     )
     quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    purpose: Mapped[Purpose] = mapped_column(String(20), nullable=False)
+    purpose: Mapped[Purpose] = mapped_column(StringEnum(Purpose, 20), nullable=False)
     purpose_detail: Mapped[str | None] = mapped_column(String(500))
     beneficiary_name: Mapped[str] = mapped_column(String(200), nullable=False)
     is_public: Mapped[bool] = mapped_column(Boolean, nullable=False)
@@ -241,7 +241,7 @@ class OffsetPool(IdMixin, TimestampMixin, Base):
         ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False, index=True
     )
     name: Mapped[str] = mapped_column(String(200), nullable=False)
-    claim_type: Mapped[ClaimType] = mapped_column(String(20), nullable=False)
+    claim_type: Mapped[ClaimType] = mapped_column(StringEnum(ClaimType, 20), nullable=False)
     subject: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     total_g: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     low_balance_g: Mapped[int | None] = mapped_column(BigInteger)
@@ -287,13 +287,13 @@ class Claim(IdMixin, Base):
         ForeignKey("offset_pools.id", ondelete="RESTRICT"), index=True
     )
     reference: Mapped[str | None] = mapped_column(String(200))
-    claim_type: Mapped[ClaimType] = mapped_column(String(20), nullable=False)
+    claim_type: Mapped[ClaimType] = mapped_column(StringEnum(ClaimType, 20), nullable=False)
     subject: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     footprint_g: Mapped[int] = mapped_column(BigInteger, nullable=False)
     covered_g: Mapped[int] = mapped_column(BigInteger, nullable=False)
     period_start: Mapped[date | None] = mapped_column(Date)
     period_end: Mapped[date | None] = mapped_column(Date)
-    status: Mapped[ClaimStatus] = mapped_column(String(10), nullable=False)
+    status: Mapped[ClaimStatus] = mapped_column(StringEnum(ClaimStatus, 10), nullable=False)
     revoked_reason: Mapped[str | None] = mapped_column(String(500))
     revoked_at: Mapped[datetime | None] = mapped_column()
     # The signed document, exactly as signed (canonical JSON), its Ed25519 signature and key id.
