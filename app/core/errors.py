@@ -9,11 +9,13 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -144,6 +146,24 @@ _STATUS_CODES = {
 }
 
 
+# Deadlock, serialisation failure, lock not available: the transaction was rolled back whole.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+
+
+def retryable_sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE if ``exc`` (or what it wraps) is a conflict a retry would resolve."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return None
+        for candidate in (seen, getattr(seen, "orig", None)):
+            code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+            if code in RETRYABLE_SQLSTATES:
+                return str(code)
+        seen = seen.__cause__
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error as problem+json, and document them so in the OpenAPI document."""
     from app.core.openapi import install_openapi  # imports this module: import it late
@@ -173,6 +193,26 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(
             request, exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
         )
+
+    async def _conflict_or_bug(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL aborted the transaction to break a deadlock or a serialisation conflict:
+        # nothing was applied, and the same request (same Idempotency-Key) can be sent again.
+        sqlstate = retryable_sqlstate(exc)
+        if sqlstate is not None:
+            log.warning("http.transaction_conflict", path=request.url.path, sqlstate=sqlstate)
+            return problem_response(
+                request,
+                409,
+                "transaction_conflict",
+                "The request collided with another one and was not applied; send it again.",
+                headers={"Retry-After": "1"},
+            )
+        return await _unhandled(request, exc)
+
+    # Database errors are handled inside the app (ExceptionMiddleware), so a conflict is an
+    # ordinary 409, not an exception that the server logs as a crash.
+    app.add_exception_handler(DBAPIError, _conflict_or_bug)
+    app.add_exception_handler(asyncpg.PostgresError, _conflict_or_bug)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
