@@ -20,6 +20,8 @@ ledger_app = typer.Typer(help="Ledger maintenance.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 claims_app = typer.Typer(help="Carbon-offset claims.", no_args_is_help=True)
 app.add_typer(claims_app, name="claims")
+auction_app = typer.Typer(help="Sealed-bid auctions.", no_args_is_help=True)
+app.add_typer(auction_app, name="auction")
 
 
 def _prepare_database() -> str:
@@ -217,4 +219,29 @@ def claims_verify(
         typer.echo(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}")
     typer.echo(f"claim {result.code}: {'VALID' if result.ok else 'NOT VALID'}")
     if not result.ok:
+        raise typer.Exit(code=1)
+
+
+@auction_app.command("verify")
+def auction_verify(
+    document: Annotated[
+        Path, typer.Argument(help="The audit document: GET /v1/auctions/{id}/audit, saved.")
+    ],
+) -> None:
+    """Recompute a settled auction offline from its audit document: the revealed reserve,
+    seed and bids open their commitments and the clearing gives the published allocations
+    and figures; exit 1 if not."""
+    from app.auction.audit import AuditFormatError, checks
+
+    try:
+        results = checks(json.loads(document.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:  # AuditFormatError and JSON errors are ValueErrors
+        reason = exc if isinstance(exc, AuditFormatError | OSError) else f"invalid JSON: {exc}"
+        typer.echo(f"cannot read the audit document: {reason}", err=True)
+        raise typer.Exit(code=2) from exc
+    for check in results:
+        typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    ok = all(c.ok for c in results)
+    typer.echo(f"auction audit: {'VERIFIED' if ok else 'NOT VERIFIED'}")
+    if not ok:
         raise typer.Exit(code=1)

@@ -50,3 +50,21 @@ class InvalidBid(DomainError):
     def __init__(self, reasons: list[str], **extra: Any) -> None:
         errors = [{"loc": ["body"], "msg": r, "type": "value_error"} for r in reasons]
         super().__init__("; ".join(reasons), errors=errors, **extra)
+
+
+class NotAuctionCreator(Forbidden):
+    """Only the organisation that created an auction may close it."""
+
+    code = "not_auction_creator"
+
+
+class AuctionAlreadyClosed(Conflict):
+    """The auction is already cleared and settled (or cancelled): a close has nothing to do."""
+
+    code = "auction_already_closed"
+
+
+class AuctionNotCleared(Conflict):
+    """Results and the audit are published only once the auction is settled or cancelled."""
+
+    code = "auction_not_cleared"

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Identity,
@@ -23,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.auction.clearing import ClearingFormat, TieBreak
+from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak
 from app.db.base import Base, IdMixin, TimestampMixin
 
 HEX64 = "'^[0-9a-f]{64}$'"
@@ -157,3 +158,68 @@ class AuctionBid(IdMixin, TimestampMixin, Base):
     # Kept to be revealed by the post-clearing audit; returned to the bidder once.
     nonce: Mapped[str] = mapped_column(String(64), nullable=False)
     submitted_seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True, nullable=False)
+
+
+class AuctionResult(Base):
+    """The published figures of a cleared (settled or cancelled) auction, one row per auction,
+    written once by the close in the same transaction as the settlement."""
+
+    __tablename__ = "auction_results"
+    __table_args__ = (
+        CheckConstraint(_in("status", ClearingStatus), name="status"),
+        CheckConstraint("sold_quantity >= 0 AND sold_quantity <= offered_quantity", name="sold"),
+        CheckConstraint("unsold_quantity = offered_quantity - sold_quantity", name="unsold"),
+        CheckConstraint("revenue >= 0", name="revenue"),
+    )
+
+    auction_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("auctions.id", ondelete="RESTRICT"), primary_key=True
+    )
+    status: Mapped[ClearingStatus] = mapped_column(String(20), nullable=False)
+    clearing_price: Mapped[int | None] = mapped_column(BigInteger)
+    average_price: Mapped[int | None] = mapped_column(BigInteger)
+    median_price: Mapped[int | None] = mapped_column(BigInteger)
+    min_price: Mapped[int | None] = mapped_column(BigInteger)
+    max_price: Mapped[int | None] = mapped_column(BigInteger)
+    offered_quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    bid_quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    eligible_quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sold_quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    unsold_quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cover_ratio_numerator: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cover_ratio_denominator: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cover_ratio_permille: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    bidders: Mapped[int] = mapped_column(Integer, nullable=False)
+    winners: Mapped[int] = mapped_column(Integer, nullable=False)
+    revenue: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cleared_at: Mapped[datetime] = mapped_column(nullable=False)
+
+
+class AuctionAllocation(IdMixin, Base):
+    """One winning bid's award: what it gets and pays (written by the close)."""
+
+    __tablename__ = "auction_allocations"
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity"),
+        CheckConstraint("price > 0", name="price"),
+        CheckConstraint("amount = price * quantity", name="amount"),
+        Index(
+            "ix_auction_allocations_auction_id_bidder_organization_id",
+            "auction_id",
+            "bidder_organization_id",
+        ),
+    )
+
+    auction_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("auctions.id", ondelete="RESTRICT"), nullable=False
+    )
+    bid_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("auction_bids.id", ondelete="RESTRICT"), nullable=False, unique=True
+    )
+    bidder_organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    price: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    tie_selected: Mapped[bool] = mapped_column(Boolean, nullable=False)

@@ -6,9 +6,10 @@ import uuid
 from typing import Any
 
 from sqlalchemy import Select, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app.auction.models import Auction, AuctionBid, BidStatus
+from app.auction.models import Auction, AuctionAllocation, AuctionBid, AuctionResult, BidStatus
 from app.core.pagination import Page, PageParams
 from app.core.repository import Repository
 
@@ -79,3 +80,46 @@ class BidRepository(Repository[AuctionBid]):
             .order_by(AuctionBid.submitted_seq)
         )
         return list(rows)
+
+
+class ResultRepository:
+    """The stored results and allocations of cleared auctions."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def result(self, auction_id: uuid.UUID) -> AuctionResult | None:
+        return await self.session.get(AuctionResult, auction_id)
+
+    async def allocations(
+        self, auction_id: uuid.UUID, bidder_id: uuid.UUID | None = None
+    ) -> list[AuctionAllocation]:
+        stmt = select(AuctionAllocation).where(AuctionAllocation.auction_id == auction_id)
+        if bidder_id is not None:
+            stmt = stmt.where(AuctionAllocation.bidder_organization_id == bidder_id)
+        rows = await self.session.scalars(stmt.order_by(AuctionAllocation.id))
+        return list(rows)
+
+    async def cleared_bids(self, auction_id: uuid.UUID) -> list[AuctionBid]:
+        """The bids that took part in the clearing (won or lost), in submission order."""
+        rows = await self.session.scalars(
+            select(AuctionBid)
+            .where(
+                AuctionBid.auction_id == auction_id,
+                AuctionBid.status.in_([BidStatus.won, BidStatus.lost]),
+            )
+            .order_by(AuctionBid.submitted_seq)
+        )
+        return list(rows)
+
+
+async def active_bids(session: AsyncSession, auction_id: uuid.UUID) -> list[AuctionBid]:
+    """The auction's active bids, in submission order, locked (the close changes them all)."""
+    rows = await session.scalars(
+        select(AuctionBid)
+        .where(AuctionBid.auction_id == auction_id, AuctionBid.status == BidStatus.active)
+        .order_by(AuctionBid.submitted_seq)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)

@@ -10,7 +10,10 @@ from app.accounts.errors import InvalidApiKey, MissingScope
 from app.accounts.models import Scope
 from app.accounts.service import Principal
 from app.auction import service as auction_service
+from app.auction import settlement
 from app.auction.errors import (
+    AuctionAlreadyClosed,
+    AuctionNotCleared,
     AuctionNotFound,
     AuctionNotOpen,
     BidderQuantityExceeded,
@@ -18,16 +21,21 @@ from app.auction.errors import (
     BidNotFound,
     InvalidAuction,
     InvalidBid,
+    NotAuctionCreator,
     OwnAuction,
     TooManyBids,
 )
 from app.auction.models import Auction, AuctionBid
 from app.auction.schemas import (
+    AllocationRead,
     AuctionCreate,
     AuctionRead,
+    AuctionResults,
+    AuditDocument,
     BidCreate,
     BidCreated,
     BidRead,
+    CoverRatio,
     SupplyRead,
 )
 from app.core.errors import problem_responses
@@ -166,3 +174,74 @@ async def withdraw_bid(
 ) -> Response:
     await auction_service.withdraw_bid(session, principal.organization_id, auction_id, bid_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{auction_id}/close",
+    response_model=AuctionRead,
+    responses=problem_responses(
+        *AUTH, NotAuctionCreator, AuctionNotFound, AuctionNotOpen, AuctionAlreadyClosed
+    ),
+    summary="Close the auction now, clear it and settle delivery-versus-payment (its creator)",
+)
+async def close_auction(
+    auction_id: uuid.UUID, session: SessionDep, principal: Auctioneer
+) -> AuctionRead:
+    auction = await settlement.close_auction(session, principal.organization_id, auction_id)
+    return auction_read(auction)
+
+
+@router.get(
+    "/{auction_id}/results",
+    response_model=AuctionResults,
+    responses=problem_responses(*AUTH, AuctionNotFound, AuctionNotCleared),
+    summary="The published results, with the caller's own allocations only",
+)
+async def get_results(
+    auction_id: uuid.UUID, session: SessionDep, principal: AnyKey
+) -> AuctionResults:
+    found = await auction_service.get_results(session, principal.organization_id, auction_id)
+    r = found.result
+    return AuctionResults(
+        auction_id=found.auction.id,
+        status=auction_service.effective_status(found.auction),
+        clearing_status=r.status,
+        clearing_price=r.clearing_price,
+        average_price=r.average_price,
+        median_price=r.median_price,
+        min_winning_price=r.min_price,
+        max_winning_price=r.max_price,
+        offered_quantity=r.offered_quantity,
+        bid_quantity=r.bid_quantity,
+        sold_quantity=r.sold_quantity,
+        unsold_quantity=r.unsold_quantity,
+        cover_ratio=CoverRatio(
+            numerator=r.cover_ratio_numerator,
+            denominator=r.cover_ratio_denominator,
+            permille=r.cover_ratio_permille,
+        ),
+        bidders=r.bidders,
+        winners=r.winners,
+        revenue=r.revenue,
+        cleared_at=r.cleared_at,
+        allocations=[
+            AllocationRead(
+                bid_id=a.bid_id,
+                quantity=a.quantity,
+                price=a.price,
+                amount=a.amount,
+                tie_selected=a.tie_selected,
+            )
+            for a in found.own_allocations
+        ],
+    )
+
+
+@router.get(
+    "/{auction_id}/audit",
+    response_model=AuditDocument,
+    responses=problem_responses(AuctionNotFound, AuctionNotCleared),
+    summary="The public audit: revealed reserve and seed, rules, anonymised bids, results",
+)
+async def get_audit(auction_id: uuid.UUID, session: SessionDep) -> AuditDocument:
+    return AuditDocument.model_validate(await auction_service.get_audit(session, auction_id))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from app.auction.clearing import ClearingFormat, TieBreak
+from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak
 from app.auction.models import AuctionStatus, BidStatus
 
 MAX_QUANTITY = 1_000_000_000  # credits
@@ -122,3 +122,108 @@ class BidCreated(BidRead):
     nonce: str = Field(
         description="The commitment's nonce, returned once: keep it to verify the commitment."
     )
+
+
+class CoverRatio(BaseModel):
+    numerator: int
+    denominator: int
+    permille: int = Field(description="bid quantity × 1000 / offered quantity, rounded down.")
+
+
+class AllocationRead(BaseModel):
+    bid_id: uuid.UUID
+    quantity: int
+    price: int = Field(description="Paid per credit: the clearing price, or the bid's own.")
+    amount: int = Field(description="price × quantity, paid to the seller at settlement.")
+    tie_selected: bool = Field(
+        description="Won at a marginal price level that tied bids had to share."
+    )
+
+
+class AuctionResults(BaseModel):
+    auction_id: uuid.UUID
+    status: AuctionStatus
+    clearing_status: ClearingStatus
+    clearing_price: int | None = Field(description="Uniform-price auctions only.")
+    average_price: int | None = Field(description="Volume-weighted, rounded down.")
+    median_price: int | None
+    min_winning_price: int | None
+    max_winning_price: int | None
+    offered_quantity: int
+    bid_quantity: int
+    sold_quantity: int
+    unsold_quantity: int
+    cover_ratio: CoverRatio
+    bidders: int
+    winners: int
+    revenue: int
+    cleared_at: datetime
+    allocations: list[AllocationRead] = Field(description="The caller's own allocations only.")
+
+
+class AuditRules(BaseModel):
+    format: ClearingFormat
+    supply: int
+    min_bid_quantity: int
+    quantity_step: int
+    price_tick: int
+    public_floor_price: int | None
+    max_bidder_quantity: int | None
+    max_bids_per_bidder: int | None
+    tie_break: TieBreak
+    undersubscribed: str
+
+
+class AuditReserve(BaseModel):
+    price: int | None = Field(description="The revealed confidential reserve (null: none).")
+    nonce: str
+    commitment: str = Field(description="As published at creation.")
+
+
+class AuditSeed(BaseModel):
+    seed: str = Field(description="The revealed tie-break seed (64 hex digits).")
+    nonce: str
+    commitment: str = Field(description="As published at creation.")
+
+
+class AuditBid(BaseModel):
+    bidder: str = Field(description="Anonymised: B1, B2… by each bidder's first bid.")
+    bid_id: uuid.UUID
+    price: int
+    quantity: int
+    submitted_seq: int
+    nonce: str
+    commitment: str
+    allocated: int
+    allocation_price: int | None
+    tie_selected: bool
+
+
+class AuditResults(BaseModel):
+    status: ClearingStatus
+    clearing_price: int | None
+    average_price: int | None
+    median_price: int | None
+    min_winning_price: int | None
+    max_winning_price: int | None
+    offered_quantity: int
+    bid_quantity: int
+    sold_quantity: int
+    unsold_quantity: int
+    cover_ratio: CoverRatio
+    bidders: int
+    winners: int
+    revenue: int
+
+
+class AuditDocument(BaseModel):
+    """Everything needed to recompute the result (``tanso auction verify``)."""
+
+    version: str
+    auction_id: uuid.UUID
+    status: AuctionStatus
+    rules: AuditRules
+    reserve: AuditReserve
+    seed: AuditSeed
+    bids: list[AuditBid]
+    results: AuditResults

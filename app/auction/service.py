@@ -25,9 +25,10 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auction import commitments
+from app.auction import audit, commitments
 from app.auction.clearing import AuctionRules, Bid, validate_bid
 from app.auction.errors import (
+    AuctionNotCleared,
     AuctionNotFound,
     AuctionNotOpen,
     BidderQuantityExceeded,
@@ -38,8 +39,16 @@ from app.auction.errors import (
     OwnAuction,
     TooManyBids,
 )
-from app.auction.models import Auction, AuctionBid, AuctionStatus, AuctionSupply, BidStatus
-from app.auction.repository import AuctionRepository, BidRepository
+from app.auction.models import (
+    Auction,
+    AuctionAllocation,
+    AuctionBid,
+    AuctionResult,
+    AuctionStatus,
+    AuctionSupply,
+    BidStatus,
+)
+from app.auction.repository import AuctionRepository, BidRepository, ResultRepository
 from app.auction.schemas import AuctionCreate
 from app.core.ids import new_id
 from app.core.pagination import Page, PageParams
@@ -48,6 +57,8 @@ from app.ledger import service as ledger_service
 from app.offsets import service as offsets_service
 
 REVEALED = frozenset({AuctionStatus.cleared, AuctionStatus.settled})
+# Results and the audit exist once the close has run (a cancelled close publishes them too).
+PUBLISHED = frozenset({AuctionStatus.cleared, AuctionStatus.settled, AuctionStatus.cancelled})
 
 
 def effective_status(auction: Auction, now: datetime | None = None) -> AuctionStatus:
@@ -275,3 +286,41 @@ async def withdraw_bid(
     bid.status = BidStatus.withdrawn
     bid.updated_at = utc_now()
     await session.flush()
+
+
+# --- results and audit (after the close: app.auction.settlement) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    auction: Auction
+    result: AuctionResult
+    own_allocations: list[AuctionAllocation]
+
+
+async def _cleared(session: AsyncSession, auction_id: uuid.UUID) -> tuple[Auction, AuctionResult]:
+    auction = await get_auction(session, auction_id)
+    result = await ResultRepository(session).result(auction.id)
+    if result is None or AuctionStatus(auction.status) not in PUBLISHED:
+        status = effective_status(auction)
+        raise AuctionNotCleared(
+            f"The auction is {status.value}: results are published once it is settled.",
+            auction_status=status.value,
+        )
+    return auction, result
+
+
+async def get_results(
+    session: AsyncSession, organization_id: uuid.UUID, auction_id: uuid.UUID
+) -> Results:
+    auction, result = await _cleared(session, auction_id)
+    own = await ResultRepository(session).allocations(auction.id, organization_id)
+    return Results(auction, result, own)
+
+
+async def get_audit(session: AsyncSession, auction_id: uuid.UUID) -> audit.Document:
+    auction, result = await _cleared(session, auction_id)
+    results = ResultRepository(session)
+    bids = await results.cleared_bids(auction.id)
+    allocations = await results.allocations(auction.id)
+    return audit.build(auction, result, bids, allocations)

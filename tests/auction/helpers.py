@@ -107,3 +107,39 @@ async def set_status(session: AsyncSession, auction: Json, status: str) -> None:
         {"s": status, "id": uuid.UUID(auction["id"])},
     )
     await session.commit()
+
+
+# --- close, results, audit -------------------------------------------------------------
+
+
+async def close(client: httpx.AsyncClient, org: Org, auction: Json) -> httpx.Response:
+    return await client.post(f"/v1/auctions/{auction['id']}/close", headers=org.headers)
+
+
+async def closed(client: httpx.AsyncClient, org: Org, auction: Json) -> Json:
+    r = await close(client, org, auction)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def results(client: httpx.AsyncClient, org: Org, auction: Json) -> Json:
+    r = await client.get(f"/v1/auctions/{auction['id']}/results", headers=org.headers)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def audit_document(client: httpx.AsyncClient, auction: Json) -> Json:
+    """The public audit, fetched with no key."""
+    r = await client.get(f"/v1/auctions/{auction['id']}/audit")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def assert_nothing_held(session: AsyncSession) -> None:
+    """No active hold and no held balance left anywhere (cash or credits)."""
+    holds = await session.scalar(text("SELECT count(*) FROM ledger_holds WHERE status = 'active'"))
+    held = await session.scalar(
+        text("SELECT count(*) FROM ledger_accounts WHERE kind = 'held' AND balance <> 0")
+    )
+    await session.rollback()
+    assert (holds, held) == (0, 0)

@@ -1,0 +1,116 @@
+"""Every query on the order book tables."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, or_, select, text
+
+from app.core.pagination import Page, PageParams
+from app.core.repository import Repository
+from app.market.models import OPEN_STATUSES, MarketOrder, MarketTrade, Product
+
+
+class ProductRepository(Repository[Product]):
+    model = Product
+
+    async def by_code(self, code: str) -> Product | None:
+        stmt = select(Product).where(Product.code == code)
+        result: Product | None = (await self.session.execute(stmt)).scalar_one_or_none()
+        return result
+
+    async def reload(self, product_id: uuid.UUID) -> Product:
+        """The product row as it is now (after the product lock), replacing a stale copy."""
+        stmt = (
+            select(Product)
+            .where(Product.id == product_id)
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(stmt)).scalar_one()
+
+    async def lock(self, product_id: uuid.UUID) -> None:
+        """Serialise every change to one product's book (orders, fills, cancels)."""
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('market:' || :k, 0))"),
+            {"k": str(product_id)},
+        )
+
+    async def list_all(self) -> Sequence[Product]:
+        return (await self.session.execute(select(Product).order_by(Product.code))).scalars().all()
+
+
+class OrderRepository(Repository[MarketOrder]):
+    model = MarketOrder
+
+    async def open_orders(self, product_id: uuid.UUID) -> list[MarketOrder]:
+        """The product's resting orders in sequence (time priority) order."""
+        stmt = (
+            select(MarketOrder)
+            .where(MarketOrder.product_id == product_id, MarketOrder.status.in_(OPEN_STATUSES))
+            .order_by(MarketOrder.sequence)
+            .execution_options(populate_existing=True)
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def own(
+        self, organization_id: uuid.UUID, order_id: uuid.UUID, *, for_update: bool = False
+    ) -> MarketOrder | None:
+        stmt: Select[Any] = select(MarketOrder).where(
+            MarketOrder.id == order_id, MarketOrder.organization_id == organization_id
+        )
+        if for_update:
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        result: MarketOrder | None = (await self.session.execute(stmt)).scalar_one_or_none()
+        return result
+
+    async def by_client_id(
+        self, organization_id: uuid.UUID, client_order_id: str
+    ) -> MarketOrder | None:
+        stmt = select(MarketOrder).where(
+            MarketOrder.organization_id == organization_id,
+            MarketOrder.client_order_id == client_order_id,
+        )
+        result: MarketOrder | None = (await self.session.execute(stmt)).scalar_one_or_none()
+        return result
+
+    async def list_own(self, organization_id: uuid.UUID, params: PageParams) -> Page[MarketOrder]:
+        return await self.page(
+            select(MarketOrder).where(MarketOrder.organization_id == organization_id), params
+        )
+
+
+class TradeRepository(Repository[MarketTrade]):
+    model = MarketTrade
+
+    async def of_orders(self, order_ids: Sequence[uuid.UUID]) -> list[MarketTrade]:
+        if not order_ids:
+            return []
+        stmt = (
+            select(MarketTrade)
+            .where(
+                or_(
+                    MarketTrade.buy_order_id.in_(order_ids),
+                    MarketTrade.sell_order_id.in_(order_ids),
+                )
+            )
+            .order_by(MarketTrade.id)
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def list_own(self, organization_id: uuid.UUID, params: PageParams) -> Page[MarketTrade]:
+        return await self.page(
+            select(MarketTrade).where(
+                or_(
+                    MarketTrade.buyer_organization_id == organization_id,
+                    MarketTrade.seller_organization_id == organization_id,
+                )
+            ),
+            params,
+        )
+
+    async def tape(self, product_id: uuid.UUID, params: PageParams) -> Page[MarketTrade]:
+        return await self.page(
+            select(MarketTrade).where(MarketTrade.product_id == product_id), params
+        )

@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts.dependencies import AdminDep, require_scopes
+from app.accounts.errors import InvalidApiKey, MissingScope
+from app.accounts.models import Scope
+from app.accounts.service import Principal
+from app.core.errors import problem_responses
+from app.core.pagination import Page, PageDep
+from app.db.session import SessionDep
+from app.ledger.errors import InsufficientBalance
+from app.market import service as market_service
+from app.market.errors import (
+    DuplicateClientOrderId,
+    InvalidProduct,
+    NoReferencePrice,
+    OrderNotFound,
+    OrderNotOpen,
+    OrderRejected,
+    PriceOutsideBand,
+    ProductCodeTaken,
+    ProductNotFound,
+)
+from app.market.matching import Side
+from app.market.models import OPEN_STATUSES, MarketOrder, MarketTrade, Product
+from app.market.schemas import (
+    BookRead,
+    LevelRead,
+    OrderCreate,
+    OrderRead,
+    ProductCreate,
+    ProductRead,
+    PublicTradeRead,
+    TradeRead,
+)
+from app.offsets.errors import BatchNotFound, InsufficientCredits
+
+router = APIRouter(tags=["market"])
+
+AUTH = (InvalidApiKey, MissingScope)
+Trader = Annotated[Principal, Depends(require_scopes(Scope.trade))]
+Reader = Annotated[Principal, Depends(require_scopes(Scope.read))]
+AnyKey = Annotated[Principal, Depends(require_scopes())]
+
+
+def product_read(p: Product) -> ProductRead:
+    return ProductRead(
+        id=p.id,
+        code=p.code,
+        name=p.name,
+        batch_id=p.batch_id,
+        reference_price=p.reference_price,
+        last_trade_price=p.last_trade_price,
+        band_bps=p.band_bps,
+        created_at=p.created_at,
+    )
+
+
+def trade_read(t: MarketTrade, organization_id: uuid.UUID, code: str) -> TradeRead:
+    side = Side.BUY if t.buyer_organization_id == organization_id else Side.SELL
+    return TradeRead(
+        id=t.id,
+        order_id=t.buy_order_id if side is Side.BUY else t.sell_order_id,
+        product=code,
+        side=side,
+        liquidity="taker" if t.taker_side == side else "maker",
+        price=t.price,
+        quantity=t.quantity,
+        amount=t.price * t.quantity,
+        fee=0,
+        batch_id=t.batch_id,
+        serial_ranges=t.serial_ranges,
+        executed_at=t.executed_at,
+    )
+
+
+def order_read(o: MarketOrder, code: str, trades: list[MarketTrade]) -> OrderRead:
+    mine = [t for t in trades if o.id in (t.buy_order_id, t.sell_order_id)]
+    return OrderRead(
+        id=o.id,
+        product=code,
+        side=o.side,
+        type=o.type,
+        price=o.price,
+        quantity=o.quantity,
+        filled_quantity=o.filled_quantity,
+        remaining_quantity=o.quantity - o.filled_quantity if o.status in OPEN_STATUSES else 0,
+        filled_amount=o.filled_amount,
+        average_price=round(o.filled_amount / o.filled_quantity, 2) if o.filled_quantity else None,
+        status=o.status,
+        cancel_reason=o.cancel_reason,
+        time_in_force=o.time_in_force,
+        post_only=o.post_only,
+        client_order_id=o.client_order_id,
+        sequence=o.sequence,
+        created_at=o.created_at,
+        updated_at=o.updated_at,
+        trades=[trade_read(t, o.organization_id, code) for t in mine],
+    )
+
+
+async def _orders_read(session: AsyncSession, orders: list[MarketOrder]) -> list[OrderRead]:
+    codes = await market_service.product_codes(session, {o.product_id for o in orders})
+    trades = await market_service.trades_of(session, [o.id for o in orders])
+    return [order_read(o, codes[o.product_id], trades) for o in orders]
+
+
+# --- products --------------------------------------------------------------------------
+
+
+@router.post(
+    "/products",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProductRead,
+    responses=problem_responses(*AUTH, InvalidProduct, BatchNotFound, ProductCodeTaken),
+    summary="Create a product: the credits of one batch traded on a continuous order book",
+)
+async def create_product(body: ProductCreate, session: SessionDep, _: AdminDep) -> ProductRead:
+    return product_read(await market_service.create_product(session, body))
+
+
+@router.get(
+    "/products",
+    response_model=list[ProductRead],
+    responses=problem_responses(*AUTH),
+    summary="Every product, by code",
+)
+async def list_products(session: SessionDep, _: AnyKey) -> list[ProductRead]:
+    return [product_read(p) for p in await market_service.list_products(session)]
+
+
+# --- orders ----------------------------------------------------------------------------
+
+
+@router.post(
+    "/orders",
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrderRead,
+    responses=problem_responses(
+        *AUTH,
+        ProductNotFound,
+        NoReferencePrice,
+        PriceOutsideBand,
+        DuplicateClientOrderId,
+        InsufficientBalance,
+        InsufficientCredits,
+        OrderRejected,
+    ),
+    summary="Place an order: its cash or credits are held, it is matched and its fills settled",
+)
+async def place_order(body: OrderCreate, session: SessionDep, principal: Trader) -> OrderRead:
+    placed = await market_service.place_order(session, principal.organization_id, body)
+    return order_read(placed.order, placed.product.code, placed.trades)
+
+
+@router.get(
+    "/orders",
+    response_model=Page[OrderRead],
+    responses=problem_responses(*AUTH),
+    summary="The caller's orders, newest first",
+)
+async def list_orders(session: SessionDep, principal: Reader, page: PageDep) -> Page[OrderRead]:
+    result = await market_service.list_orders(session, principal.organization_id, page)
+    return Page(data=await _orders_read(session, result.data), next_cursor=result.next_cursor)
+
+
+@router.get(
+    "/orders/{order_id}",
+    response_model=OrderRead,
+    responses=problem_responses(*AUTH, OrderNotFound),
+    summary="One of the caller's orders, with its fills",
+)
+async def get_order(order_id: uuid.UUID, session: SessionDep, principal: Reader) -> OrderRead:
+    order = await market_service.get_order(session, principal.organization_id, order_id)
+    return (await _orders_read(session, [order]))[0]
+
+
+@router.delete(
+    "/orders/{order_id}",
+    response_model=OrderRead,
+    responses=problem_responses(*AUTH, OrderNotFound, OrderNotOpen),
+    summary="Cancel one of the caller's open orders; what remains of its hold is released",
+)
+async def cancel_order(order_id: uuid.UUID, session: SessionDep, principal: Trader) -> OrderRead:
+    order = await market_service.cancel_order(session, principal.organization_id, order_id)
+    return (await _orders_read(session, [order]))[0]
+
+
+@router.get(
+    "/trades",
+    response_model=Page[TradeRead],
+    responses=problem_responses(*AUTH),
+    summary="The caller's fills, newest first",
+)
+async def list_trades(session: SessionDep, principal: Reader, page: PageDep) -> Page[TradeRead]:
+    result = await market_service.list_trades(session, principal.organization_id, page)
+    codes = await market_service.product_codes(session, {t.product_id for t in result.data})
+    return Page(
+        data=[trade_read(t, principal.organization_id, codes[t.product_id]) for t in result.data],
+        next_cursor=result.next_cursor,
+    )
+
+
+# --- public market data ------------------------------------------------------------------
+
+
+@router.get(
+    "/markets/{product}/book",
+    response_model=BookRead,
+    responses=problem_responses(ProductNotFound),
+    summary="The product's order book aggregated by price, best first (public)",
+)
+async def get_book(
+    product: str,
+    session: SessionDep,
+    depth: Annotated[int, Query(ge=1, le=100, description="Levels per side.")] = 10,
+) -> BookRead:
+    snapshot = await market_service.book_snapshot(session, product, depth)
+    return BookRead(
+        product=product,
+        bids=[
+            LevelRead(price=lv.price, quantity=lv.quantity, orders=lv.orders)
+            for lv in snapshot.bids
+        ],
+        asks=[
+            LevelRead(price=lv.price, quantity=lv.quantity, orders=lv.orders)
+            for lv in snapshot.asks
+        ],
+    )
+
+
+@router.get(
+    "/markets/{product}/trades",
+    response_model=Page[PublicTradeRead],
+    responses=problem_responses(ProductNotFound),
+    summary="The product's public trade tape, newest first (no owners)",
+)
+async def get_tape(product: str, session: SessionDep, page: PageDep) -> Page[PublicTradeRead]:
+    result = await market_service.tape(session, product, page)
+    return Page(
+        data=[
+            PublicTradeRead(
+                id=t.id,
+                price=t.price,
+                quantity=t.quantity,
+                taker_side=t.taker_side,
+                executed_at=t.executed_at,
+            )
+            for t in result.data
+        ],
+        next_cursor=result.next_cursor,
+    )
