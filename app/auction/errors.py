@@ -68,3 +68,7 @@ class AuctionNotCleared(Conflict):
     """Results and the audit are published only once the auction is settled or cancelled."""
 
     code = "auction_not_cleared"
+
+
+class AuctionSeriesNotFound(NotFound):
+    code = "auction_series_not_found"

@@ -8,8 +8,9 @@ status values, ``closes_at > opens_at``, a reserve not below the public floor, c
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, time
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,8 +21,10 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Time,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak
@@ -75,6 +78,8 @@ class Auction(IdMixin, TimestampMixin, Base):
         CheckConstraint(f"seed_commitment ~ {HEX64}", name="seed_commitment"),
         CheckConstraint(f"seed ~ {HEX64}", name="seed"),
         CheckConstraint(f"seed_nonce ~ {HEX64}", name="seed_nonce"),
+        # A series creates at most one auction per window (the scheduler relies on it).
+        UniqueConstraint("series_id", "opens_at"),
     )
 
     title: Mapped[str] = mapped_column(String(200), nullable=False)
@@ -100,6 +105,10 @@ class Auction(IdMixin, TimestampMixin, Base):
     seed_commitment: Mapped[str] = mapped_column(String(64), nullable=False)
     seed: Mapped[str] = mapped_column(String(64), nullable=False)
     seed_nonce: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The calendar series that created it (None for an auction created on its own).
+    series_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("auction_series.id", ondelete="RESTRICT")
+    )
 
     supply: Mapped[list[AuctionSupply]] = relationship(
         lazy="raise", order_by="AuctionSupply.batch_id"
@@ -223,3 +232,37 @@ class AuctionAllocation(IdMixin, Base):
     price: Mapped[int] = mapped_column(BigInteger, nullable=False)
     amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
     tie_selected: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+
+class AuctionSeries(IdMixin, TimestampMixin, Base):
+    """A calendar of recurring auctions: the same template on the given weekdays, each in the
+    same daily window (Asia/Tokyo), created ``horizon_days`` ahead by a periodic task."""
+
+    __tablename__ = "auction_series"
+    __table_args__ = (
+        CheckConstraint(_in("format", ClearingFormat), name="format"),
+        CheckConstraint("closes_time > opens_time", name="window"),
+        CheckConstraint("horizon_days > 0", name="horizon_days"),
+        CheckConstraint(
+            "cardinality(weekdays) > 0 AND weekdays <@ ARRAY[1, 2, 3, 4, 5, 6, 7]",
+            name="weekdays",
+        ),
+    )
+
+    title: Mapped[str] = mapped_column(String(200), nullable=False)
+    format: Mapped[ClearingFormat] = mapped_column(String(20), nullable=False)
+    created_by_organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    # [{"batch_id": "…", "quantity": n}, …]: the supply of each auction.
+    supply: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False)
+    # min_bid_quantity, quantity_step, price_tick, public_floor_price, reserve_price,
+    # max_bidder_quantity, max_bids_per_bidder, tie_break (``schemas.SeriesRules``).
+    rules: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    # ISO weekdays, 1 = Monday … 7 = Sunday.
+    weekdays: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    # The daily bidding window, wall-clock times in Asia/Tokyo.
+    opens_time: Mapped[time] = mapped_column(Time, nullable=False)
+    closes_time: Mapped[time] = mapped_column(Time, nullable=False)
+    horizon_days: Mapped[int] = mapped_column(Integer, nullable=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False)

@@ -9,6 +9,7 @@ from app.accounts.dependencies import require_scopes
 from app.accounts.errors import InvalidApiKey, MissingScope
 from app.accounts.models import Scope
 from app.accounts.service import Principal
+from app.auction import series as series_service
 from app.auction import service as auction_service
 from app.auction import settlement
 from app.auction.errors import (
@@ -16,6 +17,7 @@ from app.auction.errors import (
     AuctionNotCleared,
     AuctionNotFound,
     AuctionNotOpen,
+    AuctionSeriesNotFound,
     BidderQuantityExceeded,
     BidNotActive,
     BidNotFound,
@@ -25,12 +27,14 @@ from app.auction.errors import (
     OwnAuction,
     TooManyBids,
 )
-from app.auction.models import Auction, AuctionBid
+from app.auction.models import Auction, AuctionBid, AuctionSeries
 from app.auction.schemas import (
     AllocationRead,
     AuctionCreate,
     AuctionRead,
     AuctionResults,
+    AuctionSeriesCreate,
+    AuctionSeriesRead,
     AuditDocument,
     BidCreate,
     BidCreated,
@@ -38,13 +42,16 @@ from app.auction.schemas import (
     CoverRatio,
     SupplyRead,
 )
+from app.auction.tasks import create_series_auctions
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
 from app.db.session import SessionDep
 from app.ledger.errors import InsufficientBalance
 from app.offsets.errors import BatchNotFound, InsufficientCredits
+from app.worker.defer import defer_in_session
 
-router = APIRouter(prefix="/auctions", tags=["auctions"])
+auctions = APIRouter(prefix="/auctions", tags=["auctions"])
+series = APIRouter(prefix="/auction-series", tags=["auction series"])
 
 AUTH = (InvalidApiKey, MissingScope)
 Auctioneer = Annotated[Principal, Depends(require_scopes(Scope.auctioneer))]
@@ -91,7 +98,7 @@ def bid_read(b: AuctionBid) -> BidRead:
     )
 
 
-@router.post(
+@auctions.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=AuctionRead,
@@ -105,7 +112,7 @@ async def create_auction(
     return auction_read(auction)
 
 
-@router.get(
+@auctions.get(
     "",
     response_model=Page[AuctionRead],
     responses=problem_responses(*AUTH),
@@ -116,7 +123,7 @@ async def list_auctions(session: SessionDep, _: AnyKey, page: PageDep) -> Page[A
     return Page(data=[auction_read(a) for a in result.data], next_cursor=result.next_cursor)
 
 
-@router.get(
+@auctions.get(
     "/{auction_id}",
     response_model=AuctionRead,
     responses=problem_responses(*AUTH, AuctionNotFound),
@@ -126,7 +133,7 @@ async def get_auction(auction_id: uuid.UUID, session: SessionDep, _: AnyKey) -> 
     return auction_read(await auction_service.get_auction(session, auction_id))
 
 
-@router.post(
+@auctions.post(
     "/{auction_id}/bids",
     status_code=status.HTTP_201_CREATED,
     response_model=BidCreated,
@@ -151,7 +158,7 @@ async def place_bid(
     return BidCreated(**bid_read(placed.bid).model_dump(), nonce=placed.nonce)
 
 
-@router.get(
+@auctions.get(
     "/{auction_id}/bids",
     response_model=list[BidRead],
     responses=problem_responses(*AUTH, AuctionNotFound),
@@ -162,7 +169,7 @@ async def list_bids(auction_id: uuid.UUID, session: SessionDep, principal: Bidde
     return [bid_read(b) for b in bids]
 
 
-@router.delete(
+@auctions.delete(
     "/{auction_id}/bids/{bid_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
@@ -176,7 +183,7 @@ async def withdraw_bid(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post(
+@auctions.post(
     "/{auction_id}/close",
     response_model=AuctionRead,
     responses=problem_responses(
@@ -191,7 +198,7 @@ async def close_auction(
     return auction_read(auction)
 
 
-@router.get(
+@auctions.get(
     "/{auction_id}/results",
     response_model=AuctionResults,
     responses=problem_responses(*AUTH, AuctionNotFound, AuctionNotCleared),
@@ -237,7 +244,7 @@ async def get_results(
     )
 
 
-@router.get(
+@auctions.get(
     "/{auction_id}/audit",
     response_model=AuditDocument,
     responses=problem_responses(AuctionNotFound, AuctionNotCleared),
@@ -245,3 +252,61 @@ async def get_results(
 )
 async def get_audit(auction_id: uuid.UUID, session: SessionDep) -> AuditDocument:
     return AuditDocument.model_validate(await auction_service.get_audit(session, auction_id))
+
+
+# --- auction series (the tender calendar) ------------------------------------------------
+
+
+def series_read(s: AuctionSeries, viewer: uuid.UUID) -> AuctionSeriesRead:
+    template = series_service.template_of(s)
+    if viewer != s.created_by_organization_id:
+        template.rules.reserve_price = None  # confidential, as on the auctions
+    return AuctionSeriesRead(
+        id=s.id,
+        title=s.title,
+        format=s.format,
+        created_by_organization_id=s.created_by_organization_id,
+        supply=[SupplyRead(batch_id=i.batch_id, quantity=i.quantity) for i in template.supply],
+        rules=template.rules,
+        schedule=template.schedule,
+        active=s.active,
+        created_at=s.created_at,
+    )
+
+
+@series.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AuctionSeriesRead,
+    responses=problem_responses(*AUTH),
+    summary="Create an auction series: a template and a weekly calendar of auctions",
+    description="Its auctions are created ahead (``schedule.horizon_days``) by a job, each "
+    "holding its supply from the creator's credits then; a window for which the creator "
+    "lacks the credits is skipped.",
+)
+async def create_series(
+    body: AuctionSeriesCreate, session: SessionDep, principal: Auctioneer
+) -> AuctionSeriesRead:
+    created = await series_service.create_series(session, principal.organization_id, body)
+    if created.active:
+        # Create its first auctions soon rather than at the next tick.
+        await defer_in_session(session, create_series_auctions)
+    return series_read(created, principal.organization_id)
+
+
+@series.get(
+    "/{series_id}",
+    response_model=AuctionSeriesRead,
+    responses=problem_responses(*AUTH, AuctionSeriesNotFound),
+    summary="One auction series (its reserve price is shown to its creator only)",
+)
+async def get_series(
+    series_id: uuid.UUID, session: SessionDep, principal: AnyKey
+) -> AuctionSeriesRead:
+    found = await series_service.get_series(session, series_id)
+    return series_read(found, principal.organization_id)
+
+
+router = APIRouter()
+router.include_router(auctions)
+router.include_router(series)

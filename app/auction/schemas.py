@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak
 from app.auction.models import AuctionStatus, BidStatus
@@ -227,3 +235,89 @@ class AuditDocument(BaseModel):
     seed: AuditSeed
     bids: list[AuditBid]
     results: AuditResults
+
+
+# --- auction series (the tender calendar) ------------------------------------------------
+
+ClockTime = Annotated[
+    str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", strict=True)
+]
+Weekday = Annotated[int, Field(ge=1, le=7, strict=True)]
+
+
+class SeriesRules(Strict):
+    """The rules every auction of the series is created with (as in ``AuctionCreate``)."""
+
+    min_bid_quantity: Quantity = 1
+    quantity_step: Quantity = 1
+    price_tick: Price = 1
+    public_floor_price: Price | None = None
+    reserve_price: Price | None = Field(
+        default=None, description="Confidential: shown to the series' creator only."
+    )
+    max_bidder_quantity: Quantity | None = None
+    max_bids_per_bidder: Annotated[int, Field(gt=0, le=1000, strict=True)] | None = None
+    tie_break: TieBreak = TieBreak.random
+
+
+class SeriesSchedule(Strict):
+    weekdays: list[Weekday] = Field(
+        min_length=1, max_length=7, description="ISO weekdays: 1 = Monday … 7 = Sunday."
+    )
+    opens_at: ClockTime = Field(description='Daily window opening, "HH:MM" in Asia/Tokyo.')
+    closes_at: ClockTime = Field(description='Daily window close, "HH:MM" in Asia/Tokyo.')
+    horizon_days: Annotated[int, Field(ge=1, le=90, strict=True)] = Field(
+        default=14,
+        description="Auctions are created for the windows of today and the next "
+        "horizon_days - 1 days (Tokyo dates).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SeriesSchedule:
+        if len(set(self.weekdays)) != len(self.weekdays):
+            raise ValueError("each weekday may appear once")
+        if self.closes_at <= self.opens_at:
+            raise ValueError("closes_at must be after opens_at (the same day)")
+        return self
+
+
+class AuctionSeriesCreate(Strict):
+    title: Text200
+    format: ClearingFormat
+    supply: list[SupplyItem] = Field(min_length=1, max_length=100)
+    rules: SeriesRules = Field(default_factory=SeriesRules)
+    schedule: SeriesSchedule
+    active: bool = True
+
+    def auction(self, title: str, opens_at: datetime, closes_at: datetime) -> AuctionCreate:
+        """The body of one auction of the series, for the window ``opens_at``–``closes_at``."""
+        return AuctionCreate(
+            title=title,
+            format=self.format,
+            supply=self.supply,
+            opens_at=opens_at,
+            closes_at=closes_at,
+            **self.rules.model_dump(),
+        )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuctionSeriesCreate:
+        # The same checks as a single auction's (supply vs step, reserve vs floor, …).
+        sample = datetime(2026, 1, 1, tzinfo=UTC)
+        try:
+            self.auction(self.title, sample, sample + timedelta(hours=1))
+        except ValidationError as exc:
+            raise ValueError("; ".join(str(e["msg"]) for e in exc.errors())) from None
+        return self
+
+
+class AuctionSeriesRead(BaseModel):
+    id: uuid.UUID
+    title: str
+    format: ClearingFormat
+    created_by_organization_id: uuid.UUID
+    supply: list[SupplyRead]
+    rules: SeriesRules
+    schedule: SeriesSchedule
+    active: bool
+    created_at: datetime

@@ -97,8 +97,18 @@ def rules_of(auction: Auction) -> AuctionRules:
 
 
 async def create_auction(
-    session: AsyncSession, organization_id: uuid.UUID, body: AuctionCreate
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    body: AuctionCreate,
+    *,
+    series_id: uuid.UUID | None = None,
 ) -> Auction:
+    """Create the auction, hold its supply from the creator's credits, and queue its close
+    (``auction.close`` at ``closes_at``, in this transaction; the every-minute
+    ``auction.close_due`` sweep closes it too if that job is lost)."""
+    # Imported here: the tasks module imports this one.
+    from app.auction.tasks import schedule_close
+
     now = utc_now()
     if body.closes_at <= now:
         raise InvalidAuction("closes_at must be in the future", field="closes_at")
@@ -132,6 +142,7 @@ async def create_auction(
         seed_commitment=commitments.seed_commitment(auction_id, seed, seed_nonce),
         seed=seed,
         seed_nonce=seed_nonce,
+        series_id=series_id,
         created_at=now,
         updated_at=now,
     )
@@ -157,6 +168,7 @@ async def create_auction(
     auction.supply = supply
     AuctionRepository(session).add(auction)
     await session.flush()
+    await schedule_close(session, auction)
     return auction
 
 

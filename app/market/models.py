@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -36,17 +37,19 @@ class OrderStatus(StrEnum):
     partially_filled = "partially_filled"
     filled = "filled"
     cancelled = "cancelled"
+    expired = "expired"  # a GTD order whose ``expires_at`` passed (``app.market.tasks``)
 
 
 OPEN_STATUSES = (OrderStatus.open, OrderStatus.partially_filled)
 
 
 class OrderTimeInForce(StrEnum):
-    """The times in force this release accepts (GTD comes with the expiry job)."""
+    """The times in force the API accepts; a GTD order rests like GTC until ``expires_at``."""
 
     gtc = "gtc"
     ioc = "ioc"
     fok = "fok"
+    gtd = "gtd"
 
 
 def _in(column: str, enum: type[StrEnum]) -> str:
@@ -95,8 +98,17 @@ class MarketOrder(IdMixin, TimestampMixin, Base):
             " AND (side = 'sell') = (credit_hold_id IS NOT NULL)",
             name="holds",
         ),
+        CheckConstraint("(time_in_force = 'gtd') = (expires_at IS NOT NULL)", name="expires_at"),
         UniqueConstraint("organization_id", "client_order_id"),
         Index("ix_market_orders_product_id_status", "product_id", "status"),
+        # The expiry task's scan: open GTD orders by expiry.
+        Index(
+            "ix_market_orders_expires_at_open_gtd",
+            "expires_at",
+            postgresql_where=text(
+                "time_in_force = 'gtd' AND status IN ('open', 'partially_filled')"
+            ),
+        ),
     )
 
     product_id: Mapped[uuid.UUID] = mapped_column(
@@ -115,6 +127,8 @@ class MarketOrder(IdMixin, TimestampMixin, Base):
     cancel_reason: Mapped[str | None] = mapped_column(String(20))
     time_in_force: Mapped[OrderTimeInForce] = mapped_column(String(3), nullable=False)
     post_only: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    # GTD only: when the order leaves the book (status expired), within a minute of this time.
+    expires_at: Mapped[datetime | None] = mapped_column()
     client_order_id: Mapped[str | None] = mapped_column(String(64))
     # A buy order's cash hold (limit × quantity, or band high × quantity for a market buy).
     cash_hold_id: Mapped[uuid.UUID | None] = mapped_column(

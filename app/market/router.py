@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.dependencies import AdminDep, require_scopes
@@ -12,8 +14,10 @@ from app.accounts.models import Scope
 from app.accounts.service import Principal
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
-from app.db.session import SessionDep
+from app.db.session import SessionDep, SessionMaker
+from app.db.url import libpq_url
 from app.ledger.errors import InsufficientBalance
+from app.market import candles as market_candles
 from app.market import service as market_service
 from app.market.errors import (
     DuplicateClientOrderId,
@@ -30,6 +34,9 @@ from app.market.matching import Side
 from app.market.models import OPEN_STATUSES, MarketOrder, MarketTrade, Product
 from app.market.schemas import (
     BookRead,
+    CandleInterval,
+    CandleRead,
+    CandlesRead,
     LevelRead,
     OrderCreate,
     OrderRead,
@@ -38,6 +45,7 @@ from app.market.schemas import (
     PublicTradeRead,
     TradeRead,
 )
+from app.market.stream import market_events
 from app.offsets.errors import BatchNotFound, InsufficientCredits
 
 router = APIRouter(tags=["market"])
@@ -95,6 +103,7 @@ def order_read(o: MarketOrder, code: str, trades: list[MarketTrade]) -> OrderRea
         status=o.status,
         cancel_reason=o.cancel_reason,
         time_in_force=o.time_in_force,
+        expires_at=o.expires_at,
         post_only=o.post_only,
         client_order_id=o.client_order_id,
         sequence=o.sequence,
@@ -220,6 +229,10 @@ async def get_book(
     session: SessionDep,
     depth: Annotated[int, Query(ge=1, le=100, description="Levels per side.")] = 10,
 ) -> BookRead:
+    return await _book_read(session, product, depth)
+
+
+async def _book_read(session: AsyncSession, product: str, depth: int) -> BookRead:
     snapshot = await market_service.book_snapshot(session, product, depth)
     return BookRead(
         product=product,
@@ -254,4 +267,87 @@ async def get_tape(product: str, session: SessionDep, page: PageDep) -> Page[Pub
             for t in result.data
         ],
         next_cursor=result.next_cursor,
+    )
+
+
+@router.get(
+    "/markets/{product}/candles",
+    response_model=CandlesRead,
+    responses=problem_responses(ProductNotFound),
+    summary="OHLCV candles of the product's trades (public); 1d candles start at midnight "
+    "Asia/Tokyo, the others are aligned on UTC",
+)
+async def get_candles(
+    product: str,
+    session: SessionDep,
+    interval: Annotated[CandleInterval, Query(description="Candle width.")],
+    since: Annotated[
+        datetime | None,
+        Query(
+            description="The first candles from the one containing this time (oldest first); "
+            "without it, the latest ones."
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Candles at most.")] = 100,
+) -> CandlesRead:
+    found = await market_service.get_product(session, product)
+    result = await market_candles.candles(session, found.id, interval, since=since, limit=limit)
+    return CandlesRead(
+        product=found.code,
+        interval=interval,
+        candles=[
+            CandleRead(
+                start=c.start,
+                open=c.open,
+                high=c.high,
+                low=c.low,
+                close=c.close,
+                volume=c.volume,
+                turnover=c.turnover,
+                trades=c.trades,
+            )
+            for c in result
+        ],
+    )
+
+
+STREAM_DESCRIPTION = """Server-Sent Events (`text/event-stream`), fed by PostgreSQL
+LISTEN/NOTIFY: only committed changes are sent. First `event: snapshot` (the book as
+`GET /v1/markets/{product}/book?depth=100`), then, as they commit, `event: trade`
+(`{id, price, quantity, taker_side, executed_at}`) and `event: level`
+(`{side, price, quantity, orders}`: the level's new aggregate, quantity 0 once empty). A
+`: heartbeat` comment is sent every 15 s without events. Reconnect and apply the new snapshot
+after a disconnect (no replay)."""
+
+
+@router.get(
+    "/markets/{product}/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The event stream.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(ProductNotFound),
+    },
+    summary="Live stream of the product's trades and book changes as Server-Sent Events "
+    "(public; snapshot first, heartbeat every 15 s)",
+    description=STREAM_DESCRIPTION,
+)
+async def stream_market(product: str, request: Request) -> StreamingResponse:
+    # Short sessions, not SessionDep: the request's pooled connection must not be held for the
+    # life of the stream, which LISTENs on a dedicated connection of its own.
+    sessionmaker: SessionMaker = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        found = await market_service.get_product(session, product)
+
+    async def snapshot() -> dict[str, Any]:
+        async with sessionmaker() as s:
+            return (await _book_read(s, found.code, 100)).model_dump(mode="json")
+
+    dsn = libpq_url(request.app.state.engine.url.render_as_string(hide_password=False))
+    return StreamingResponse(
+        market_events(dsn, found.id, snapshot),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

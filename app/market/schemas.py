@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from app.core.time import utc_now
 from app.market.matching import OrderType, Side
 from app.market.models import OrderStatus, OrderTimeInForce
 
@@ -62,6 +64,12 @@ class OrderCreate(Strict):
     )
     quantity: Quantity
     time_in_force: OrderTimeInForce = OrderTimeInForce.gtc
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="Required for (and only for) time_in_force gtd: a future time at which the "
+        "order leaves the book with status expired (checked every minute, so within a minute "
+        "after it).",
+    )
     post_only: bool = Field(default=False, strict=True)
     client_order_id: ClientOrderId | None = Field(
         default=None, description="Unique per organisation."
@@ -73,10 +81,18 @@ class OrderCreate(Strict):
             raise ValueError("price is required for a limit order")
         if self.type == OrderType.MARKET and self.price is not None:
             raise ValueError("a market order has no price")
-        if self.post_only and (
-            self.type == OrderType.MARKET or self.time_in_force != OrderTimeInForce.gtc
-        ):
-            raise ValueError("post_only is only valid for gtc limit orders")
+        resting = (OrderTimeInForce.gtc, OrderTimeInForce.gtd)
+        if self.post_only and (self.type == OrderType.MARKET or self.time_in_force not in resting):
+            raise ValueError("post_only is only valid for gtc or gtd limit orders")
+        if self.time_in_force == OrderTimeInForce.gtd:
+            if self.type == OrderType.MARKET:
+                raise ValueError("a market order cannot be gtd")
+            if self.expires_at is None:
+                raise ValueError("expires_at is required for a gtd order")
+            if self.expires_at <= utc_now():
+                raise ValueError("expires_at must be in the future")
+        elif self.expires_at is not None:
+            raise ValueError("expires_at is only valid for a gtd order")
         return self
 
 
@@ -111,6 +127,7 @@ class OrderRead(BaseModel):
     status: OrderStatus
     cancel_reason: str | None
     time_in_force: OrderTimeInForce
+    expires_at: datetime | None
     post_only: bool
     client_order_id: str | None
     sequence: int
@@ -137,3 +154,30 @@ class PublicTradeRead(BaseModel):
     quantity: int
     taker_side: Side
     executed_at: datetime
+
+
+class CandleInterval(StrEnum):
+    m1 = "1m"
+    m5 = "5m"
+    m15 = "15m"
+    h1 = "1h"
+    d1 = "1d"
+
+
+class CandleRead(BaseModel):
+    """One interval's trades: open/close are the first/last by (executed_at, id)."""
+
+    start: datetime = Field(description="Start of the interval (inclusive).")
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int = Field(description="Σ quantity, t-CO2e.")
+    turnover: int = Field(description="Σ price × quantity, JPY.")
+    trades: int
+
+
+class CandlesRead(BaseModel):
+    product: str
+    interval: CandleInterval
+    candles: list[CandleRead] = Field(description="Oldest first; intervals without trades omitted.")

@@ -19,16 +19,28 @@ Placing an order (one transaction):
    price improvement released from its hold. An order that ends (filled or cancelled) has what
    remains of its holds released.
 
+5. Publish (``pg_notify('market_<product id hex>', json)``, same transaction, so delivered only
+   if it commits): one ``trade`` event per fill and one ``level`` event per price level the
+   order touched (its new aggregate, ``quantity`` 0 once empty). Cancels and expiries publish
+   their level too. ``app.market.stream`` relays them as Server-Sent Events.
+
+GTD orders rest like GTC; ``expire_product_orders`` (run every minute by
+``app.market.tasks``) closes the due ones with status ``expired`` through the cancel path.
+Placing an order runs it first for its product (under the lock), so a due order never trades.
+
 Rebuilding the book costs O(open orders of the product) per order: acceptable at this scale;
 the next step is an in-process cache of the book keyed by product with a version check.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,6 +80,7 @@ from app.market.models import (
     MarketOrder,
     MarketTrade,
     OrderStatus,
+    OrderTimeInForce,
     Product,
 )
 from app.market.repository import OrderRepository, ProductRepository, TradeRepository
@@ -151,6 +164,59 @@ def _engine_order(order: MarketOrder) -> Order:
         time_in_force=TimeInForce(order.time_in_force),
         post_only=order.post_only,
     )
+
+
+def channel(product_id: uuid.UUID) -> str:
+    """The NOTIFY channel of one product's book changes and trades."""
+    return f"market_{product_id.hex}"
+
+
+def trade_event(trade: MarketTrade) -> dict[str, Any]:
+    return {
+        "type": "trade",
+        "id": str(trade.id),
+        "price": trade.price,
+        "quantity": trade.quantity,
+        "taker_side": str(trade.taker_side),
+        "executed_at": trade.executed_at.isoformat(),
+    }
+
+
+async def _publish(
+    session: AsyncSession,
+    product_id: uuid.UUID,
+    trades: list[MarketTrade],
+    levels: set[tuple[str, int]],
+) -> None:
+    """NOTIFY the trades and the new state of the touched levels (after a flush)."""
+    events = [trade_event(t) for t in trades]
+    if levels:
+        rows = await session.execute(
+            text(
+                "SELECT side, price, sum(quantity - filled_quantity) AS quantity,"
+                " count(*) AS orders FROM market_orders"
+                " WHERE product_id = :p AND status IN ('open', 'partially_filled')"
+                " AND price = ANY(:prices) GROUP BY side, price"
+            ),
+            {"p": product_id, "prices": sorted({price for _, price in levels})},
+        )
+        now = {(row.side, row.price): (int(row.quantity), int(row.orders)) for row in rows}
+        for side, price in sorted(levels):
+            quantity, orders = now.get((side, price), (0, 0))
+            events.append(
+                {
+                    "type": "level",
+                    "side": side,
+                    "price": price,
+                    "quantity": quantity,
+                    "orders": orders,
+                }
+            )
+    if events:
+        await session.execute(
+            text("SELECT pg_notify(:c, e) FROM unnest(CAST(:events AS text[])) AS e"),
+            {"c": channel(product_id), "events": [json.dumps(e) for e in events]},
+        )
 
 
 def restore_book(open_orders: list[MarketOrder]) -> OrderBook:
@@ -308,6 +374,8 @@ async def place_order(
             session, organization_id, product.batch_id, body.quantity, reference=reference
         )
 
+    # A GTD order past its expiry never trades, even before the minute task has run.
+    await expire_product_orders(session, product.id, utc_now())
     resting = await orders.open_orders(product.id)
     book = restore_book(resting)
     now = utc_now()
@@ -324,6 +392,7 @@ async def place_order(
             filled_amount=0,
             status=OrderStatus.open,
             time_in_force=body.time_in_force,
+            expires_at=body.expires_at,
             post_only=body.post_only,
             client_order_id=body.client_order_id,
             cash_hold_id=cash_hold_id,
@@ -351,6 +420,9 @@ async def place_order(
     by_id: dict[uuid.UUID, MarketOrder] = {o.id: o for o in resting}
     by_id[order.id] = order
     placed = PlacedOrder(order=order, product=product)
+    touched: set[tuple[str, int]] = set()
+    if order.price is not None:
+        touched.add((str(order.side), order.price))
     for event in events:
         if isinstance(event, Rejected):
             raise OrderRejected(
@@ -358,6 +430,9 @@ async def place_order(
             )
         if isinstance(event, Trade):
             placed.trades.append(await _settle(session, product, event, by_id))
+            maker = by_id[event.maker_id]  # type: ignore[index]
+            if maker.price is not None:
+                touched.add((str(maker.side), maker.price))
         elif isinstance(event, Done):
             done = by_id[event.order_id]  # type: ignore[index]
             _close(done, OrderStatus.filled)
@@ -369,6 +444,7 @@ async def place_order(
         elif isinstance(event, Accepted | Rested | Amended):
             pass
     await session.flush()
+    await _publish(session, product.id, placed.trades, touched)
     return placed
 
 
@@ -392,11 +468,58 @@ async def cancel_order(
     assert locked is not None
     if locked.status not in OPEN_STATUSES:
         raise OrderNotOpen(f"The order is {locked.status}.", order_status=str(locked.status))
-    product = await products.reload(locked.product_id)
-    _close(locked, OrderStatus.cancelled, "requested")
-    await _release_rest(session, locked, product.batch_id)
-    await session.flush()
+    await _take_off_book(session, locked, OrderStatus.cancelled, "requested")
     return locked
+
+
+async def _take_off_book(
+    session: AsyncSession, order: MarketOrder, status: OrderStatus, reason: str
+) -> None:
+    """Close an open order and release its hold: the caller holds the product lock and the
+    order's row lock, and has checked that it is open (cancel and expiry alike)."""
+    product = await ProductRepository(session).reload(order.product_id)
+    _close(order, status, reason)
+    await _release_rest(session, order, product.batch_id)
+    await session.flush()
+    if order.price is not None:
+        await _publish(session, order.product_id, [], {(str(order.side), order.price)})
+
+
+def _due(now: datetime) -> Any:
+    return (
+        (MarketOrder.time_in_force == OrderTimeInForce.gtd)
+        & MarketOrder.status.in_(OPEN_STATUSES)
+        & (MarketOrder.expires_at <= now)
+    )
+
+
+async def products_with_due_orders(session: AsyncSession, now: datetime) -> list[uuid.UUID]:
+    """Products with an open GTD order whose ``expires_at`` is not after ``now`` (unlocked)."""
+    stmt = select(MarketOrder.product_id).where(_due(now)).distinct()
+    return sorted((await session.execute(stmt)).scalars().all())
+
+
+async def expire_product_orders(
+    session: AsyncSession, product_id: uuid.UUID, now: datetime
+) -> list[MarketOrder]:
+    """Expire the product's due GTD orders, under the product lock (as a cancel).
+
+    The due orders are selected after the lock is taken, so an order another worker (or a
+    cancel, or a fill) closed meanwhile is no longer open and is skipped: each order is expired
+    exactly once however many workers run this, and a second run finds nothing.
+    """
+    await ProductRepository(session).lock(product_id)
+    stmt = (
+        select(MarketOrder)
+        .where(MarketOrder.product_id == product_id, _due(now))
+        .order_by(MarketOrder.sequence)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    due = list((await session.execute(stmt)).scalars().all())
+    for order in due:
+        await _take_off_book(session, order, OrderStatus.expired, "expired")
+    return due
 
 
 async def list_orders(

@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 # Modules that declare tasks. A worker imports all of them before it starts (this is also what
 # registers their periodic tasks). Domains add theirs here, e.g. "app.auction.tasks".
-TASK_MODULES: tuple[str, ...] = ("app.worker.tasks",)
+TASK_MODULES: tuple[str, ...] = ("app.worker.tasks", "app.auction.tasks", "app.market.tasks")
 
 APPLICATION_NAME = "tanso-worker"
 

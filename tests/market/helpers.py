@@ -147,7 +147,8 @@ INVARIANTS = {
     "closed_order_holds_released": """
         SELECT o.id FROM market_orders o
           JOIN ledger_holds h ON h.id = coalesce(o.cash_hold_id, o.credit_hold_id)
-         WHERE o.status IN ('filled', 'cancelled') AND (h.status <> 'closed' OR h.remaining <> 0)
+         WHERE o.status IN ('filled', 'cancelled', 'expired')
+           AND (h.status <> 'closed' OR h.remaining <> 0)
     """,
     # An open limit order holds exactly what its open quantity may still need.
     "open_order_holds_match": """
@@ -158,9 +159,10 @@ INVARIANTS = {
                                    THEN o.price * (o.quantity - o.filled_quantity)
                                    ELSE o.quantity - o.filled_quantity END
     """,
-    "open_orders_are_limit_gtc": """
+    "open_orders_are_limit_gtc_or_gtd": """
         SELECT id FROM market_orders WHERE status IN ('open', 'partially_filled')
-           AND (type <> 'limit' OR time_in_force <> 'gtc' OR filled_quantity >= quantity)
+           AND (type <> 'limit' OR time_in_force NOT IN ('gtc', 'gtd')
+                OR filled_quantity >= quantity)
     """,
     "filled_orders_are_complete": """
         SELECT id FROM market_orders WHERE status = 'filled' AND filled_quantity <> quantity

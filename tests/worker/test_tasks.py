@@ -112,5 +112,8 @@ def test_periodic_schedule() -> None:
         "core.purge_idempotency_keys": "0 * * * *",
         "worker.retry_stalled_jobs": "* * * * *",
         "worker.prune_finished_jobs": "30 3 * * *",
+        "auction.close_due": "* * * * *",
+        "auction.create_series_auctions": "*/15 * * * *",
+        "market.expire_orders": "* * * * *",
     }
     assert "app.worker.tasks" in TASK_MODULES
