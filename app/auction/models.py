@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak
-from app.db.base import Base, IdMixin, TimestampMixin
+from app.db.base import Base, IdMixin, TimestampMixin, values_in
 
 HEX64 = "'^[0-9a-f]{64}$'"
 
@@ -49,16 +49,12 @@ class BidStatus(StrEnum):
     lost = "lost"
 
 
-def _in(column: str, enum: type[StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(m.value) for m in enum)})"
-
-
 class Auction(IdMixin, TimestampMixin, Base):
     __tablename__ = "auctions"
     __table_args__ = (
-        CheckConstraint(_in("format", ClearingFormat), name="format"),
-        CheckConstraint(_in("status", AuctionStatus), name="status"),
-        CheckConstraint(_in("tie_break", TieBreak), name="tie_break"),
+        CheckConstraint(values_in("format", ClearingFormat), name="format"),
+        CheckConstraint(values_in("status", AuctionStatus), name="status"),
+        CheckConstraint(values_in("tie_break", TieBreak), name="tie_break"),
         CheckConstraint("closes_at > opens_at", name="window"),
         CheckConstraint("supply_quantity > 0", name="supply_quantity"),
         CheckConstraint("min_bid_quantity > 0", name="min_bid_quantity"),
@@ -138,7 +134,7 @@ class AuctionSupply(IdMixin, Base):
 class AuctionBid(IdMixin, TimestampMixin, Base):
     __tablename__ = "auction_bids"
     __table_args__ = (
-        CheckConstraint(_in("status", BidStatus), name="status"),
+        CheckConstraint(values_in("status", BidStatus), name="status"),
         CheckConstraint("price > 0", name="price"),
         CheckConstraint("quantity > 0", name="quantity"),
         CheckConstraint(f"commitment ~ {HEX64}", name="commitment"),
@@ -175,7 +171,7 @@ class AuctionResult(Base):
 
     __tablename__ = "auction_results"
     __table_args__ = (
-        CheckConstraint(_in("status", ClearingStatus), name="status"),
+        CheckConstraint(values_in("status", ClearingStatus), name="status"),
         CheckConstraint("sold_quantity >= 0 AND sold_quantity <= offered_quantity", name="sold"),
         CheckConstraint("unsold_quantity = offered_quantity - sold_quantity", name="unsold"),
         CheckConstraint("revenue >= 0", name="revenue"),
@@ -240,7 +236,7 @@ class AuctionSeries(IdMixin, TimestampMixin, Base):
 
     __tablename__ = "auction_series"
     __table_args__ = (
-        CheckConstraint(_in("format", ClearingFormat), name="format"),
+        CheckConstraint(values_in("format", ClearingFormat), name="format"),
         CheckConstraint("closes_time > opens_time", name="window"),
         CheckConstraint("horizon_days > 0", name="horizon_days"),
         CheckConstraint(

@@ -65,3 +65,8 @@ class StringEnum(TypeDecorator[E]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
         return None if value is None else self.enum(value)
+
+
+def values_in(column: str, enum: type[StrEnum]) -> str:
+    """The CHECK expression that keeps a ``StringEnum`` column to its enum's values."""
+    return f"{column} IN ({', '.join(repr(m.value) for m in enum)})"

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.time import utc_now
-from app.db.base import Base, IdMixin, TimestampMixin
+from app.db.base import Base, IdMixin, TimestampMixin, values_in
 from app.market.matching import OrderType, Side
 
 
@@ -50,10 +50,6 @@ class OrderTimeInForce(StrEnum):
     ioc = "ioc"
     fok = "fok"
     gtd = "gtd"
-
-
-def _in(column: str, enum: type[StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(m.value) for m in enum)})"
 
 
 class Product(IdMixin, TimestampMixin, Base):
@@ -79,10 +75,10 @@ class Product(IdMixin, TimestampMixin, Base):
 class MarketOrder(IdMixin, TimestampMixin, Base):
     __tablename__ = "market_orders"
     __table_args__ = (
-        CheckConstraint(_in("side", Side), name="side"),
-        CheckConstraint(_in("type", OrderType), name="type"),
-        CheckConstraint(_in("status", OrderStatus), name="status"),
-        CheckConstraint(_in("time_in_force", OrderTimeInForce), name="time_in_force"),
+        CheckConstraint(values_in("side", Side), name="side"),
+        CheckConstraint(values_in("type", OrderType), name="type"),
+        CheckConstraint(values_in("status", OrderStatus), name="status"),
+        CheckConstraint(values_in("time_in_force", OrderTimeInForce), name="time_in_force"),
         CheckConstraint("quantity > 0", name="quantity"),
         CheckConstraint("price > 0", name="price"),
         CheckConstraint(
@@ -146,7 +142,7 @@ class MarketTrade(IdMixin, Base):
     __table_args__ = (
         CheckConstraint("price > 0", name="price"),
         CheckConstraint("quantity > 0", name="quantity"),
-        CheckConstraint(_in("taker_side", Side), name="taker_side"),
+        CheckConstraint(values_in("taker_side", Side), name="taker_side"),
         CheckConstraint("buyer_organization_id <> seller_organization_id", name="self_trade"),
     )
 

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.time import utc_now
-from app.db.base import Base, IdMixin, StringEnum, TimestampMixin
+from app.db.base import Base, IdMixin, StringEnum, TimestampMixin, values_in
 from app.offsets.serials import BlockState
 
 GRAMS_PER_CREDIT = 1_000_000  # 1 credit = 1 t-CO2e = 1,000,000 g
@@ -73,15 +73,11 @@ class ClaimStatus(StrEnum):
     revoked = "revoked"
 
 
-def _in(column: str, enum: type[StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(m.value) for m in enum)})"
-
-
 class Project(IdMixin, TimestampMixin, Base):
     __tablename__ = "offset_projects"
     __table_args__ = (
         CheckConstraint(r"methodology ~ '^(EN-S|EN-R|FO|AG|IP|WA)-[0-9]{3}$'", name="methodology"),
-        CheckConstraint(_in("category", Category), name="category"),
+        CheckConstraint(values_in("category", Category), name="category"),
         CheckConstraint("prefecture ~ '^(0[1-9]|[1-3][0-9]|4[0-7])$'", name="prefecture"),
     )
 
@@ -113,7 +109,7 @@ class Batch(IdMixin, Base):
         CheckConstraint("serial_start >= 1 AND serial_end >= serial_start", name="serial_range"),
         CheckConstraint("serial_end - serial_start + 1 = quantity", name="serial_quantity"),
         CheckConstraint("monitoring_period_end >= monitoring_period_start", name="period"),
-        CheckConstraint(_in("category", Category), name="category"),
+        CheckConstraint(values_in("category", Category), name="category"),
     )
 
     project_id: Mapped[uuid.UUID] = mapped_column(
@@ -145,7 +141,7 @@ class Block(IdMixin, Base):
     __tablename__ = "offset_blocks"
     __table_args__ = (
         CheckConstraint("serial_end >= serial_start", name="serial_range"),
-        CheckConstraint(_in("state", BlockState), name="state"),
+        CheckConstraint(values_in("state", BlockState), name="state"),
         CheckConstraint("(state = 'held') = (hold_id IS NOT NULL)", name="hold"),
         CheckConstraint("(state = 'retired') = (retirement_id IS NOT NULL)", name="retirement"),
         CheckConstraint("state <> 'retired' OR closed_at IS NULL", name="retired_live"),
@@ -200,7 +196,7 @@ class Retirement(IdMixin, Base):
     __tablename__ = "offset_retirements"
     __table_args__ = (
         CheckConstraint("quantity > 0", name="quantity_positive"),
-        CheckConstraint(_in("purpose", Purpose), name="purpose"),
+        CheckConstraint(values_in("purpose", Purpose), name="purpose"),
         CheckConstraint(
             f"claimed_g >= 0 AND claimed_g <= quantity * {GRAMS_PER_CREDIT}", name="claimed"
         ),
@@ -233,7 +229,7 @@ class OffsetPool(IdMixin, TimestampMixin, Base):
     __table_args__ = (
         CheckConstraint("total_g >= 0", name="total"),
         CheckConstraint("low_balance_g IS NULL OR low_balance_g >= 0", name="low_balance"),
-        CheckConstraint(_in("claim_type", ClaimType), name="claim_type"),
+        CheckConstraint(values_in("claim_type", ClaimType), name="claim_type"),
     )
 
     code: Mapped[str] = mapped_column(String(20), nullable=False, unique=True)
@@ -271,8 +267,8 @@ class Claim(IdMixin, Base):
 
     __tablename__ = "offset_claims"
     __table_args__ = (
-        CheckConstraint(_in("claim_type", ClaimType), name="claim_type"),
-        CheckConstraint(_in("status", ClaimStatus), name="status"),
+        CheckConstraint(values_in("claim_type", ClaimType), name="claim_type"),
+        CheckConstraint(values_in("status", ClaimStatus), name="status"),
         CheckConstraint("footprint_g > 0", name="footprint_positive"),
         CheckConstraint("covered_g >= 0 AND covered_g <= footprint_g", name="covered"),
         CheckConstraint("(status = 'revoked') = (revoked_at IS NOT NULL)", name="revoked"),
