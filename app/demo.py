@@ -1,4 +1,5 @@
-"""Demo data: a few organisations of each kind, their API keys, and some yen to trade with.
+"""Demo data: a few organisations of each kind, their API keys, yen to trade with, and
+credits: government-held energy-saving credits to tender and municipal forest credits to sell.
 
 Loaded once per database (it is skipped when the demo organisations exist). The keys are shown
 once and also written to ``<data_dir>/demo-keys.json`` (mode 600) so a restart can find them.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import date
 
 import structlog
 import typer
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import service as accounts_service
 from app.accounts.models import Organization, OrganizationKind, Scope
@@ -19,6 +22,9 @@ from app.accounts.schemas import ApiKeyCreate, OrganizationCreate
 from app.config import get_settings
 from app.db.session import create_engine, create_sessionmaker, session_scope
 from app.ledger import service as ledger_service
+from app.offsets import service as offsets_service
+from app.offsets.models import Category
+from app.offsets.schemas import IssuanceCreate, ProjectCreate
 
 log = structlog.get_logger()
 
@@ -56,6 +62,45 @@ DEMO_ORGS: list[tuple[OrganizationCreate, list[Scope], int]] = [
 ]
 
 
+async def _issue_demo_credits(
+    session: AsyncSession, *, secretariat: Organization, forest_owner: Organization
+) -> None:
+    """Credits to trade, tender and retire: government-held energy-saving credits for the
+    secretariat's tenders, and municipal forest credits for the forest co-op to sell."""
+    for owner, name, methodology, category, prefecture, quantity in (
+        (
+            secretariat,
+            "Subsidy programme: LED retrofits (demo)",
+            "EN-S-001",
+            "energy_saving",
+            "13",
+            20_000,
+        ),
+        (forest_owner, "Aso municipal forest thinning (demo)", "FO-001", "forest", "43", 5_000),
+    ):
+        project = await offsets_service.create_project(
+            session,
+            ProjectCreate(
+                name=name,
+                owner_organization_id=owner.id,
+                methodology=methodology,
+                category=Category(category),
+                prefecture=prefecture,
+            ),
+        )
+        await offsets_service.issue(
+            session,
+            IssuanceCreate(
+                project_id=project.id,
+                holder_organization_id=owner.id,
+                quantity=quantity,
+                monitoring_period_start=date(2024, 4, 1),
+                monitoring_period_end=date(2025, 3, 31),
+                labels=["removal"] if category == "forest" else [],
+            ),
+        )
+
+
 async def load_demo(url: str, *, announce: bool = False) -> dict[str, str]:
     settings = get_settings()
     keys_file = settings.data_dir / "demo-keys.json"
@@ -79,8 +124,10 @@ async def load_demo(url: str, *, announce: bool = False) -> dict[str, str]:
                 return {}
             admin = accounts_service.admin_principal()
             keys: dict[str, str] = {}
+            orgs = []
             for data, scopes, yen in DEMO_ORGS:
                 org = await accounts_service.create_organization(session, data)
+                orgs.append(org)
                 _, secret = await accounts_service.create_api_key(
                     session, admin, org.id, ApiKeyCreate(name="demo", scopes=scopes)
                 )
@@ -89,6 +136,7 @@ async def load_demo(url: str, *, announce: bool = False) -> dict[str, str]:
                     await ledger_service.record_deposit(
                         session, org.id, yen, "demo-opening-balance"
                     )
+            await _issue_demo_credits(session, secretariat=orgs[0], forest_owner=orgs[3])
     finally:
         await engine.dispose()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
