@@ -10,7 +10,7 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.accounts import service as accounts_service
-from app.accounts.errors import InvalidApiKey
+from app.accounts.errors import InvalidApiKey, MissingScope
 from app.accounts.models import Scope
 from app.accounts.service import Principal
 from app.config import Settings, get_settings
@@ -47,5 +47,16 @@ def require_scopes(*scopes: Scope) -> Callable[[Principal], Awaitable[Principal]
     return dependency
 
 
+# The caller, as each route needs it (one alias per scope, shared by every router).
+AnyKeyDep = Annotated[Principal, Depends(require_scopes())]
 AdminDep = Annotated[Principal, Depends(require_scopes(Scope.admin))]
 ReaderDep = Annotated[Principal, Depends(require_scopes(Scope.read))]
+TraderDep = Annotated[Principal, Depends(require_scopes(Scope.trade))]
+BidderDep = Annotated[Principal, Depends(require_scopes(Scope.bid))]
+RetirerDep = Annotated[Principal, Depends(require_scopes(Scope.retire))]
+TransfererDep = Annotated[Principal, Depends(require_scopes(Scope.transfer))]
+RegistryDep = Annotated[Principal, Depends(require_scopes(Scope.registry))]
+AuctioneerDep = Annotated[Principal, Depends(require_scopes(Scope.auctioneer))]
+
+# What any authenticated route can answer besides its own errors (for ``responses=``).
+AUTH_ERRORS = (InvalidApiKey, MissingScope)

@@ -5,12 +5,11 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from app.accounts import service as accounts_service
-from app.accounts.dependencies import AdminDep, PrincipalDep
+from app.accounts.dependencies import AUTH_ERRORS, AdminDep, PrincipalDep
 from app.accounts.errors import (
     ApiKeyNotFound,
     CorporateNumberTaken,
     InvalidApiKey,
-    MissingScope,
     OrganizationNotFound,
     ScopeNotAllowed,
 )
@@ -28,8 +27,6 @@ from app.core.pagination import Page, PageDep
 from app.db.session import SessionDep
 
 router = APIRouter(tags=["organizations"])
-
-AUTH_ERRORS = (InvalidApiKey, MissingScope)
 
 
 @router.post(

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Response, status
 
-from app.accounts.dependencies import require_scopes
-from app.accounts.errors import InvalidApiKey, MissingScope
-from app.accounts.models import Scope
-from app.accounts.service import Principal
+from app.accounts.dependencies import (
+    AUTH_ERRORS,
+    AnyKeyDep,
+    AuctioneerDep,
+    BidderDep,
+)
 from app.auction import series as series_service
 from app.auction import service as auction_service
 from app.auction import settlement
@@ -52,11 +53,6 @@ from app.worker.defer import defer_in_session
 
 auctions = APIRouter(prefix="/auctions", tags=["auctions"])
 series = APIRouter(prefix="/auction-series", tags=["auction series"])
-
-AUTH = (InvalidApiKey, MissingScope)
-Auctioneer = Annotated[Principal, Depends(require_scopes(Scope.auctioneer))]
-Bidder = Annotated[Principal, Depends(require_scopes(Scope.bid))]
-AnyKey = Annotated[Principal, Depends(require_scopes())]
 
 
 def auction_read(a: Auction) -> AuctionRead:
@@ -102,11 +98,11 @@ def bid_read(b: AuctionBid) -> BidRead:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=AuctionRead,
-    responses=problem_responses(*AUTH, InvalidAuction, BatchNotFound, InsufficientCredits),
+    responses=problem_responses(*AUTH_ERRORS, InvalidAuction, BatchNotFound, InsufficientCredits),
     summary="Create a sealed-bid auction; its supply is held from the creator's credits",
 )
 async def create_auction(
-    body: AuctionCreate, session: SessionDep, principal: Auctioneer
+    body: AuctionCreate, session: SessionDep, principal: AuctioneerDep
 ) -> AuctionRead:
     auction = await auction_service.create_auction(session, principal.organization_id, body)
     return auction_read(auction)
@@ -115,10 +111,10 @@ async def create_auction(
 @auctions.get(
     "",
     response_model=Page[AuctionRead],
-    responses=problem_responses(*AUTH),
+    responses=problem_responses(*AUTH_ERRORS),
     summary="List auctions, newest first (the reserve price is never shown before clearing)",
 )
-async def list_auctions(session: SessionDep, _: AnyKey, page: PageDep) -> Page[AuctionRead]:
+async def list_auctions(session: SessionDep, _: AnyKeyDep, page: PageDep) -> Page[AuctionRead]:
     result = await auction_service.list_auctions(session, page)
     return Page(data=[auction_read(a) for a in result.data], next_cursor=result.next_cursor)
 
@@ -126,10 +122,10 @@ async def list_auctions(session: SessionDep, _: AnyKey, page: PageDep) -> Page[A
 @auctions.get(
     "/{auction_id}",
     response_model=AuctionRead,
-    responses=problem_responses(*AUTH, AuctionNotFound),
+    responses=problem_responses(*AUTH_ERRORS, AuctionNotFound),
     summary="One auction (the reserve price is never shown before clearing)",
 )
-async def get_auction(auction_id: uuid.UUID, session: SessionDep, _: AnyKey) -> AuctionRead:
+async def get_auction(auction_id: uuid.UUID, session: SessionDep, _: AnyKeyDep) -> AuctionRead:
     return auction_read(await auction_service.get_auction(session, auction_id))
 
 
@@ -138,7 +134,7 @@ async def get_auction(auction_id: uuid.UUID, session: SessionDep, _: AnyKey) -> 
     status_code=status.HTTP_201_CREATED,
     response_model=BidCreated,
     responses=problem_responses(
-        *AUTH,
+        *AUTH_ERRORS,
         OwnAuction,
         AuctionNotFound,
         AuctionNotOpen,
@@ -150,7 +146,7 @@ async def get_auction(auction_id: uuid.UUID, session: SessionDep, _: AnyKey) -> 
     summary="Place a sealed bid while the auction is open; cash for price × quantity is held",
 )
 async def place_bid(
-    auction_id: uuid.UUID, body: BidCreate, session: SessionDep, principal: Bidder
+    auction_id: uuid.UUID, body: BidCreate, session: SessionDep, principal: BidderDep
 ) -> BidCreated:
     placed = await auction_service.place_bid(
         session, principal.organization_id, auction_id, body.price, body.quantity
@@ -161,10 +157,12 @@ async def place_bid(
 @auctions.get(
     "/{auction_id}/bids",
     response_model=list[BidRead],
-    responses=problem_responses(*AUTH, AuctionNotFound),
+    responses=problem_responses(*AUTH_ERRORS, AuctionNotFound),
     summary="The caller's own bids in an auction, in submission order",
 )
-async def list_bids(auction_id: uuid.UUID, session: SessionDep, principal: Bidder) -> list[BidRead]:
+async def list_bids(
+    auction_id: uuid.UUID, session: SessionDep, principal: BidderDep
+) -> list[BidRead]:
     bids = await auction_service.list_own_bids(session, principal.organization_id, auction_id)
     return [bid_read(b) for b in bids]
 
@@ -173,11 +171,13 @@ async def list_bids(auction_id: uuid.UUID, session: SessionDep, principal: Bidde
     "/{auction_id}/bids/{bid_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(*AUTH, AuctionNotFound, BidNotFound, AuctionNotOpen, BidNotActive),
+    responses=problem_responses(
+        *AUTH_ERRORS, AuctionNotFound, BidNotFound, AuctionNotOpen, BidNotActive
+    ),
     summary="Withdraw one of the caller's bids while the auction is open; its cash is released",
 )
 async def withdraw_bid(
-    auction_id: uuid.UUID, bid_id: uuid.UUID, session: SessionDep, principal: Bidder
+    auction_id: uuid.UUID, bid_id: uuid.UUID, session: SessionDep, principal: BidderDep
 ) -> Response:
     await auction_service.withdraw_bid(session, principal.organization_id, auction_id, bid_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -187,12 +187,12 @@ async def withdraw_bid(
     "/{auction_id}/close",
     response_model=AuctionRead,
     responses=problem_responses(
-        *AUTH, NotAuctionCreator, AuctionNotFound, AuctionNotOpen, AuctionAlreadyClosed
+        *AUTH_ERRORS, NotAuctionCreator, AuctionNotFound, AuctionNotOpen, AuctionAlreadyClosed
     ),
     summary="Close the auction now, clear it and settle delivery-versus-payment (its creator)",
 )
 async def close_auction(
-    auction_id: uuid.UUID, session: SessionDep, principal: Auctioneer
+    auction_id: uuid.UUID, session: SessionDep, principal: AuctioneerDep
 ) -> AuctionRead:
     auction = await settlement.close_auction(session, principal.organization_id, auction_id)
     return auction_read(auction)
@@ -201,11 +201,11 @@ async def close_auction(
 @auctions.get(
     "/{auction_id}/results",
     response_model=AuctionResults,
-    responses=problem_responses(*AUTH, AuctionNotFound, AuctionNotCleared),
+    responses=problem_responses(*AUTH_ERRORS, AuctionNotFound, AuctionNotCleared),
     summary="The published results, with the caller's own allocations only",
 )
 async def get_results(
-    auction_id: uuid.UUID, session: SessionDep, principal: AnyKey
+    auction_id: uuid.UUID, session: SessionDep, principal: AnyKeyDep
 ) -> AuctionResults:
     found = await auction_service.get_results(session, principal.organization_id, auction_id)
     r = found.result
@@ -278,14 +278,14 @@ def series_read(s: AuctionSeries, viewer: uuid.UUID) -> AuctionSeriesRead:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=AuctionSeriesRead,
-    responses=problem_responses(*AUTH),
+    responses=problem_responses(*AUTH_ERRORS),
     summary="Create an auction series: a template and a weekly calendar of auctions",
     description="Its auctions are created ahead (``schedule.horizon_days``) by a job, each "
     "holding its supply from the creator's credits then; a window for which the creator "
     "lacks the credits is skipped.",
 )
 async def create_series(
-    body: AuctionSeriesCreate, session: SessionDep, principal: Auctioneer
+    body: AuctionSeriesCreate, session: SessionDep, principal: AuctioneerDep
 ) -> AuctionSeriesRead:
     created = await series_service.create_series(session, principal.organization_id, body)
     if created.active:
@@ -297,11 +297,11 @@ async def create_series(
 @series.get(
     "/{series_id}",
     response_model=AuctionSeriesRead,
-    responses=problem_responses(*AUTH, AuctionSeriesNotFound),
+    responses=problem_responses(*AUTH_ERRORS, AuctionSeriesNotFound),
     summary="One auction series (its reserve price is shown to its creator only)",
 )
 async def get_series(
-    series_id: uuid.UUID, session: SessionDep, principal: AnyKey
+    series_id: uuid.UUID, session: SessionDep, principal: AnyKeyDep
 ) -> AuctionSeriesRead:
     found = await series_service.get_series(session, series_id)
     return series_read(found, principal.organization_id)

@@ -5,8 +5,8 @@ import uuid
 from fastapi import APIRouter, status
 
 from app.accounts import service as accounts_service
-from app.accounts.dependencies import AdminDep, ReaderDep
-from app.accounts.errors import InvalidApiKey, MissingScope, OrganizationNotFound
+from app.accounts.dependencies import AUTH_ERRORS, AdminDep, ReaderDep
+from app.accounts.errors import OrganizationNotFound
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
 from app.db.session import SessionDep
@@ -24,7 +24,6 @@ from app.ledger.schemas import (
 )
 
 router = APIRouter(tags=["ledger"])
-AUTH_ERRORS = (InvalidApiKey, MissingScope)
 
 
 @router.post(

@@ -4,14 +4,17 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.dependencies import AdminDep, require_scopes
-from app.accounts.errors import InvalidApiKey, MissingScope
-from app.accounts.models import Scope
-from app.accounts.service import Principal
+from app.accounts.dependencies import (
+    AUTH_ERRORS,
+    AdminDep,
+    AnyKeyDep,
+    ReaderDep,
+    TraderDep,
+)
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
 from app.db.session import SessionDep, SessionMaker
@@ -49,11 +52,6 @@ from app.market.stream import market_events
 from app.offsets.errors import BatchNotFound, InsufficientCredits
 
 router = APIRouter(tags=["market"])
-
-AUTH = (InvalidApiKey, MissingScope)
-Trader = Annotated[Principal, Depends(require_scopes(Scope.trade))]
-Reader = Annotated[Principal, Depends(require_scopes(Scope.read))]
-AnyKey = Annotated[Principal, Depends(require_scopes())]
 
 
 def product_read(p: Product) -> ProductRead:
@@ -126,7 +124,7 @@ async def _orders_read(session: AsyncSession, orders: list[MarketOrder]) -> list
     "/products",
     status_code=status.HTTP_201_CREATED,
     response_model=ProductRead,
-    responses=problem_responses(*AUTH, InvalidProduct, BatchNotFound, ProductCodeTaken),
+    responses=problem_responses(*AUTH_ERRORS, InvalidProduct, BatchNotFound, ProductCodeTaken),
     summary="Create a product: the credits of one batch traded on a continuous order book",
 )
 async def create_product(body: ProductCreate, session: SessionDep, _: AdminDep) -> ProductRead:
@@ -136,10 +134,10 @@ async def create_product(body: ProductCreate, session: SessionDep, _: AdminDep) 
 @router.get(
     "/products",
     response_model=list[ProductRead],
-    responses=problem_responses(*AUTH),
+    responses=problem_responses(*AUTH_ERRORS),
     summary="Every product, by code",
 )
-async def list_products(session: SessionDep, _: AnyKey) -> list[ProductRead]:
+async def list_products(session: SessionDep, _: AnyKeyDep) -> list[ProductRead]:
     return [product_read(p) for p in await market_service.list_products(session)]
 
 
@@ -151,7 +149,7 @@ async def list_products(session: SessionDep, _: AnyKey) -> list[ProductRead]:
     status_code=status.HTTP_201_CREATED,
     response_model=OrderRead,
     responses=problem_responses(
-        *AUTH,
+        *AUTH_ERRORS,
         ProductNotFound,
         NoReferencePrice,
         PriceOutsideBand,
@@ -162,7 +160,7 @@ async def list_products(session: SessionDep, _: AnyKey) -> list[ProductRead]:
     ),
     summary="Place an order: its cash or credits are held, it is matched and its fills settled",
 )
-async def place_order(body: OrderCreate, session: SessionDep, principal: Trader) -> OrderRead:
+async def place_order(body: OrderCreate, session: SessionDep, principal: TraderDep) -> OrderRead:
     placed = await market_service.place_order(session, principal.organization_id, body)
     return order_read(placed.order, placed.product.code, placed.trades)
 
@@ -170,10 +168,10 @@ async def place_order(body: OrderCreate, session: SessionDep, principal: Trader)
 @router.get(
     "/orders",
     response_model=Page[OrderRead],
-    responses=problem_responses(*AUTH),
+    responses=problem_responses(*AUTH_ERRORS),
     summary="The caller's orders, newest first",
 )
-async def list_orders(session: SessionDep, principal: Reader, page: PageDep) -> Page[OrderRead]:
+async def list_orders(session: SessionDep, principal: ReaderDep, page: PageDep) -> Page[OrderRead]:
     result = await market_service.list_orders(session, principal.organization_id, page)
     return Page(data=await _orders_read(session, result.data), next_cursor=result.next_cursor)
 
@@ -181,10 +179,10 @@ async def list_orders(session: SessionDep, principal: Reader, page: PageDep) -> 
 @router.get(
     "/orders/{order_id}",
     response_model=OrderRead,
-    responses=problem_responses(*AUTH, OrderNotFound),
+    responses=problem_responses(*AUTH_ERRORS, OrderNotFound),
     summary="One of the caller's orders, with its fills",
 )
-async def get_order(order_id: uuid.UUID, session: SessionDep, principal: Reader) -> OrderRead:
+async def get_order(order_id: uuid.UUID, session: SessionDep, principal: ReaderDep) -> OrderRead:
     order = await market_service.get_order(session, principal.organization_id, order_id)
     return (await _orders_read(session, [order]))[0]
 
@@ -192,10 +190,10 @@ async def get_order(order_id: uuid.UUID, session: SessionDep, principal: Reader)
 @router.delete(
     "/orders/{order_id}",
     response_model=OrderRead,
-    responses=problem_responses(*AUTH, OrderNotFound, OrderNotOpen),
+    responses=problem_responses(*AUTH_ERRORS, OrderNotFound, OrderNotOpen),
     summary="Cancel one of the caller's open orders; what remains of its hold is released",
 )
-async def cancel_order(order_id: uuid.UUID, session: SessionDep, principal: Trader) -> OrderRead:
+async def cancel_order(order_id: uuid.UUID, session: SessionDep, principal: TraderDep) -> OrderRead:
     order = await market_service.cancel_order(session, principal.organization_id, order_id)
     return (await _orders_read(session, [order]))[0]
 
@@ -203,10 +201,10 @@ async def cancel_order(order_id: uuid.UUID, session: SessionDep, principal: Trad
 @router.get(
     "/trades",
     response_model=Page[TradeRead],
-    responses=problem_responses(*AUTH),
+    responses=problem_responses(*AUTH_ERRORS),
     summary="The caller's fills, newest first",
 )
-async def list_trades(session: SessionDep, principal: Reader, page: PageDep) -> Page[TradeRead]:
+async def list_trades(session: SessionDep, principal: ReaderDep, page: PageDep) -> Page[TradeRead]:
     result = await market_service.list_trades(session, principal.organization_id, page)
     codes = await market_service.product_codes(session, {t.product_id for t in result.data})
     return Page(

@@ -10,10 +10,15 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.accounts.dependencies import require_scopes
-from app.accounts.errors import InvalidApiKey, MissingScope, OrganizationNotFound
-from app.accounts.models import Scope
-from app.accounts.service import Principal
+from app.accounts.dependencies import (
+    AUTH_ERRORS,
+    AnyKeyDep,
+    ReaderDep,
+    RegistryDep,
+    RetirerDep,
+    TransfererDep,
+)
+from app.accounts.errors import InvalidApiKey, OrganizationNotFound
 from app.config import Settings, get_settings
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
@@ -68,13 +73,7 @@ from app.offsets.signing import ALGORITHM, b64url, signing_key
 router = APIRouter(tags=["registry"])
 public_router = APIRouter(prefix="/public", tags=["public"])
 
-AUTH = (InvalidApiKey, MissingScope)
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-Registry = Annotated[Principal, Depends(require_scopes(Scope.registry))]
-Reader = Annotated[Principal, Depends(require_scopes(Scope.read))]
-Transferer = Annotated[Principal, Depends(require_scopes(Scope.transfer))]
-Retirer = Annotated[Principal, Depends(require_scopes(Scope.retire))]
-AnyKey = Annotated[Principal, Depends(require_scopes())]
 
 
 # --- read models -----------------------------------------------------------------------
@@ -241,10 +240,10 @@ def goal_read(progress: offsets_service.GoalProgress) -> GoalRead:
     "/projects",
     status_code=status.HTTP_201_CREATED,
     response_model=ProjectRead,
-    responses=problem_responses(*AUTH, OrganizationNotFound),
+    responses=problem_responses(*AUTH_ERRORS, OrganizationNotFound),
     summary="Register a J-Credit project (registry)",
 )
-async def create_project(body: ProjectCreate, session: SessionDep, _: Registry) -> ProjectRead:
+async def create_project(body: ProjectCreate, session: SessionDep, _: RegistryDep) -> ProjectRead:
     return project_read(await offsets_service.create_project(session, body))
 
 
@@ -252,10 +251,10 @@ async def create_project(body: ProjectCreate, session: SessionDep, _: Registry) 
     "/issuances",
     status_code=status.HTTP_201_CREATED,
     response_model=BatchRead,
-    responses=problem_responses(*AUTH, ProjectNotFound, OrganizationNotFound),
+    responses=problem_responses(*AUTH_ERRORS, ProjectNotFound, OrganizationNotFound),
     summary="Issue a batch of credits to a holder (registry)",
 )
-async def create_issuance(body: IssuanceCreate, session: SessionDep, _: Registry) -> BatchRead:
+async def create_issuance(body: IssuanceCreate, session: SessionDep, _: RegistryDep) -> BatchRead:
     batch, project = await offsets_service.issue(session, body)
     return batch_read(batch, project)
 
@@ -266,7 +265,7 @@ async def create_issuance(body: IssuanceCreate, session: SessionDep, _: Registry
     responses=problem_responses(InvalidApiKey, BatchNotFound),
     summary="A batch of credits",
 )
-async def get_batch(batch_id: uuid.UUID, session: SessionDep, _: AnyKey) -> BatchRead:
+async def get_batch(batch_id: uuid.UUID, session: SessionDep, _: AnyKeyDep) -> BatchRead:
     return batch_read(*await offsets_service.get_batch(session, batch_id))
 
 
@@ -276,10 +275,10 @@ async def get_batch(batch_id: uuid.UUID, session: SessionDep, _: AnyKey) -> Batc
 @router.get(
     "/holdings",
     response_model=list[HoldingRead],
-    responses=problem_responses(*AUTH),
+    responses=problem_responses(*AUTH_ERRORS),
     summary="The caller's credits by batch, with their serial ranges",
 )
-async def get_holdings(session: SessionDep, principal: Reader) -> list[HoldingRead]:
+async def get_holdings(session: SessionDep, principal: ReaderDep) -> list[HoldingRead]:
     out = []
     for h in await offsets_service.holdings(session, principal.organization_id):
         out.append(
@@ -304,12 +303,12 @@ async def get_holdings(session: SessionDep, principal: Reader) -> list[HoldingRe
     status_code=status.HTTP_201_CREATED,
     response_model=TransferRead,
     responses=problem_responses(
-        *AUTH, OrganizationNotFound, BatchNotFound, InsufficientCredits, InvalidTransfer
+        *AUTH_ERRORS, OrganizationNotFound, BatchNotFound, InsufficientCredits, InvalidTransfer
     ),
     summary="Transfer credits (and their serial blocks) to another organisation",
 )
 async def create_transfer(
-    body: TransferCreate, session: SessionDep, principal: Transferer
+    body: TransferCreate, session: SessionDep, principal: TransfererDep
 ) -> TransferRead:
     record, batch, project = await offsets_service.transfer_credits(
         session, principal.organization_id, body
@@ -334,12 +333,12 @@ async def create_transfer(
     status_code=status.HTTP_201_CREATED,
     response_model=RetirementRead,
     responses=problem_responses(
-        *AUTH, BatchNotFound, InsufficientCredits, PurposeNotAllowed, InsufficientBalance
+        *AUTH_ERRORS, BatchNotFound, InsufficientCredits, PurposeNotAllowed, InsufficientBalance
     ),
     summary="Retire credits (無効化): irreversible",
 )
 async def create_retirement(
-    body: RetirementCreate, session: SessionDep, principal: Retirer, settings: SettingsDep
+    body: RetirementCreate, session: SessionDep, principal: RetirerDep, settings: SettingsDep
 ) -> RetirementRead:
     r, b, p = await offsets_service.retire_credits(session, principal.organization_id, body)
     return retirement_read(settings, r, b, p)
@@ -348,11 +347,11 @@ async def create_retirement(
 @router.get(
     "/retirements/{retirement_id}",
     response_model=RetirementRead,
-    responses=problem_responses(*AUTH, RetirementNotFound),
+    responses=problem_responses(*AUTH_ERRORS, RetirementNotFound),
     summary="One of the caller's retirements",
 )
 async def get_retirement(
-    retirement_id: uuid.UUID, session: SessionDep, principal: Reader, settings: SettingsDep
+    retirement_id: uuid.UUID, session: SessionDep, principal: ReaderDep, settings: SettingsDep
 ) -> RetirementRead:
     return retirement_read(
         settings, *await offsets_service.get_retirement(session, principal, retirement_id)
@@ -456,11 +455,11 @@ async def retirement_certificate_pdf(
     "/claims",
     status_code=status.HTTP_201_CREATED,
     response_model=ClaimRead,
-    responses=problem_responses(*AUTH, RetirementNotFound, InsufficientCoverage),
+    responses=problem_responses(*AUTH_ERRORS, RetirementNotFound, InsufficientCoverage),
     summary="Publish a signed carbon-offset claim backed by the caller's retirements",
 )
 async def create_claim(
-    body: ClaimCreate, session: SessionDep, principal: Retirer, settings: SettingsDep
+    body: ClaimCreate, session: SessionDep, principal: RetirerDep, settings: SettingsDep
 ) -> ClaimRead:
     claim = await offsets_service.create_claim(session, settings, principal, body)
     return await _claim_read(session, settings, claim)
@@ -469,11 +468,11 @@ async def create_claim(
 @router.get(
     "/claims/{claim_id}",
     response_model=ClaimRead,
-    responses=problem_responses(*AUTH, ClaimNotFound),
+    responses=problem_responses(*AUTH_ERRORS, ClaimNotFound),
     summary="One of the caller's claims",
 )
 async def get_claim(
-    claim_id: uuid.UUID, session: SessionDep, principal: Reader, settings: SettingsDep
+    claim_id: uuid.UUID, session: SessionDep, principal: ReaderDep, settings: SettingsDep
 ) -> ClaimRead:
     claim = await offsets_service.get_claim(session, principal, claim_id)
     return await _claim_read(session, settings, claim)
@@ -482,14 +481,14 @@ async def get_claim(
 @router.post(
     "/claims/{claim_id}/revoke",
     response_model=ClaimRead,
-    responses=problem_responses(*AUTH, ClaimNotFound, ClaimAlreadyRevoked),
+    responses=problem_responses(*AUTH_ERRORS, ClaimNotFound, ClaimAlreadyRevoked),
     summary="Revoke a claim (its page stays, marked revoked; its grams become free again)",
 )
 async def revoke_claim(
     claim_id: uuid.UUID,
     body: ClaimRevoke,
     session: SessionDep,
-    principal: Retirer,
+    principal: RetirerDep,
     settings: SettingsDep,
 ) -> ClaimRead:
     claim = await offsets_service.revoke_claim(session, principal, claim_id, body.reason)
@@ -563,31 +562,33 @@ async def public_keys(settings: SettingsDep) -> list[PublicKeyRead]:
     "/offset-pools",
     status_code=status.HTTP_201_CREATED,
     response_model=PoolRead,
-    responses=problem_responses(*AUTH, RetirementNotFound, InsufficientCoverage),
+    responses=problem_responses(*AUTH_ERRORS, RetirementNotFound, InsufficientCoverage),
     summary="Create an offset pool for per-unit claims, optionally funded by retirements",
 )
-async def create_pool(body: PoolCreate, session: SessionDep, principal: Retirer) -> PoolRead:
+async def create_pool(body: PoolCreate, session: SessionDep, principal: RetirerDep) -> PoolRead:
     return await _pool_read(session, await offsets_service.create_pool(session, principal, body))
 
 
 @router.get(
     "/offset-pools/{pool_id}",
     response_model=PoolRead,
-    responses=problem_responses(*AUTH, PoolNotFound),
+    responses=problem_responses(*AUTH_ERRORS, PoolNotFound),
     summary="An offset pool: total, remaining and drawn grams, and its retirements",
 )
-async def get_pool(pool_id: uuid.UUID, session: SessionDep, principal: Reader) -> PoolRead:
+async def get_pool(pool_id: uuid.UUID, session: SessionDep, principal: ReaderDep) -> PoolRead:
     return await _pool_read(session, await offsets_service.get_pool(session, principal, pool_id))
 
 
 @router.post(
     "/offset-pools/{pool_id}/fund",
     response_model=PoolRead,
-    responses=problem_responses(*AUTH, PoolNotFound, RetirementNotFound, InsufficientCoverage),
+    responses=problem_responses(
+        *AUTH_ERRORS, PoolNotFound, RetirementNotFound, InsufficientCoverage
+    ),
     summary="Add retirements' unclaimed grams to a pool",
 )
 async def fund_pool(
-    pool_id: uuid.UUID, body: PoolFund, session: SessionDep, principal: Retirer
+    pool_id: uuid.UUID, body: PoolFund, session: SessionDep, principal: RetirerDep
 ) -> PoolRead:
     pool = await offsets_service.fund_pool(session, principal, pool_id, body.retirement_ids)
     return await _pool_read(session, pool)
@@ -597,14 +598,14 @@ async def fund_pool(
     "/offset-pools/{pool_id}/claims",
     status_code=status.HTTP_201_CREATED,
     response_model=UnitClaimRead,
-    responses=problem_responses(*AUTH, PoolNotFound, PoolExhausted, DuplicateReference),
+    responses=problem_responses(*AUTH_ERRORS, PoolNotFound, PoolExhausted, DuplicateReference),
     summary="Draw grams from a pool as one signed unit claim (e.g. per sale)",
 )
 async def draw_unit_claim(
     pool_id: uuid.UUID,
     body: UnitClaimCreate,
     session: SessionDep,
-    principal: Retirer,
+    principal: RetirerDep,
     settings: SettingsDep,
 ) -> UnitClaimRead:
     unit = await offsets_service.draw_unit_claim(session, settings, principal, pool_id, body)
@@ -628,10 +629,10 @@ async def draw_unit_claim(
     "/goals",
     status_code=status.HTTP_201_CREATED,
     response_model=GoalRead,
-    responses=problem_responses(*AUTH, NotAMunicipality, GoalExists),
+    responses=problem_responses(*AUTH_ERRORS, NotAMunicipality, GoalExists),
     summary="Set a municipality's yearly offset goal",
 )
-async def create_goal(body: GoalCreate, session: SessionDep, principal: Retirer) -> GoalRead:
+async def create_goal(body: GoalCreate, session: SessionDep, principal: RetirerDep) -> GoalRead:
     goal = await offsets_service.create_goal(session, principal, body)
     return goal_read(await offsets_service.goal_progress(session, principal, goal.id))
 
@@ -639,18 +640,18 @@ async def create_goal(body: GoalCreate, session: SessionDep, principal: Retirer)
 @router.get(
     "/goals",
     response_model=list[GoalRead],
-    responses=problem_responses(*AUTH),
+    responses=problem_responses(*AUTH_ERRORS),
     summary="The caller's goals with their progress",
 )
-async def list_goals(session: SessionDep, principal: Reader) -> list[GoalRead]:
+async def list_goals(session: SessionDep, principal: ReaderDep) -> list[GoalRead]:
     return [goal_read(p) for p in await offsets_service.list_goals(session, principal)]
 
 
 @router.get(
     "/goals/{goal_id}",
     response_model=GoalRead,
-    responses=problem_responses(*AUTH, GoalNotFound),
+    responses=problem_responses(*AUTH_ERRORS, GoalNotFound),
     summary="A goal's progress: retired tonnes and the share from local credits",
 )
-async def get_goal(goal_id: uuid.UUID, session: SessionDep, principal: Reader) -> GoalRead:
+async def get_goal(goal_id: uuid.UUID, session: SessionDep, principal: ReaderDep) -> GoalRead:
     return goal_read(await offsets_service.goal_progress(session, principal, goal_id))
