@@ -13,7 +13,7 @@ from datetime import date, datetime, time
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -344,10 +344,6 @@ def _insufficient(
     return InsufficientCredits(
         f"{quantity} credits asked, {available} available.", requested=quantity, available=available
     )
-
-
-def batch_of_asset(asset: str) -> uuid.UUID:
-    return uuid.UUID(asset.removeprefix(ledger_service.CREDIT_PREFIX))
 
 
 async def release_credits(
@@ -907,12 +903,3 @@ async def list_goals(session: AsyncSession, principal: Principal) -> list[GoalPr
         .all()
     )
     return [await goal_progress(session, principal, g.id) for g in goals]
-
-
-async def count_claims(session: AsyncSession, pool_id: uuid.UUID) -> int:
-    return int(
-        await session.scalar(
-            select(func.count()).select_from(Claim).where(Claim.pool_id == pool_id)
-        )
-        or 0
-    )
