@@ -7,7 +7,10 @@ clearing (won or lost; withdrawn bids never did) and the published results. Bidd
 anonymised as ``B1``, ``B2``… numbered by each bidder's first bid (``submitted_seq``): stable
 within the document, so per-bidder caps recompute the same, and no organisation is named.
 Each bid carries its id and nonce, so its bidder can find its own bids and anyone can open
-every commitment.
+every commitment. Corporate groups (captured on each bid when it was placed) are anonymised
+the same way, ``G1``, ``G2``… by each group's first bid, so the per-group cap recomputes too;
+a bid without a group has ``group: null``. An amended bid appears once, with its final price,
+quantity, nonce and commitment (the ones it was cleared with).
 
 :func:`checks` (and :func:`recompute`, its failures only) re-runs
 :func:`app.auction.clearing.clear` from the document alone and checks that the reserve, the
@@ -101,6 +104,16 @@ def bidder_labels(bids: list[AuctionBid]) -> dict[uuid.UUID, str]:
     return labels
 
 
+def group_labels(bids: list[AuctionBid]) -> dict[str, str]:
+    """``G1``, ``G2``… by each group's first bid (groups are names an organisation chose, so
+    they are never published as they are)."""
+    labels: dict[str, str] = {}
+    for bid in sorted(bids, key=lambda b: b.submitted_seq):
+        if bid.group is not None:
+            labels.setdefault(bid.group, f"G{len(labels) + 1}")
+    return labels
+
+
 def build(
     auction: Auction,
     result: AuctionResult,
@@ -108,6 +121,7 @@ def build(
     allocations: list[AuctionAllocation],
 ) -> Document:
     labels = bidder_labels(bids)
+    groups = group_labels(bids)
     awards = {a.bid_id: a for a in allocations}
     rows = []
     for bid in sorted(bids, key=lambda b: b.submitted_seq):
@@ -115,6 +129,7 @@ def build(
         rows.append(
             {
                 "bidder": labels[bid.bidder_organization_id],
+                "group": None if bid.group is None else groups[bid.group],
                 "bid_id": str(bid.id),
                 "price": bid.price,
                 "quantity": bid.quantity,
@@ -138,9 +153,10 @@ def build(
             "price_tick": auction.price_tick,
             "public_floor_price": auction.public_floor_price,
             "max_bidder_quantity": auction.max_bidder_quantity,
+            "max_bidder_share_bps": auction.max_bidder_share_bps,
             "max_bids_per_bidder": auction.max_bids_per_bidder,
             "tie_break": str(auction.tie_break),
-            "undersubscribed": clearing.Undersubscribed.cancel.value,
+            "undersubscribed": str(auction.undersubscribed),
         },
         "reserve": {
             "price": auction.reserve_price,
@@ -230,6 +246,8 @@ def checks(doc: Any) -> list[Check]:
                 price=price,
                 quantity=quantity,
                 submitted_seq=_field(row, "submitted_seq", int),
+                # Absent from documents written before groups were published: no group.
+                group=_field(row, "group", str, optional=True) if "group" in row else None,
             )
         )
         claimed[bid_id] = (

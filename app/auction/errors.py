@@ -28,7 +28,8 @@ class TooManyBids(Conflict):
 
 
 class BidderQuantityExceeded(Conflict):
-    """The bidder's active bids would ask for more than ``max_bidder_quantity``."""
+    """The bidder's active bids, or its corporate group's (``scope: "group"``), would ask for
+    more than ``max_bidder_quantity``."""
 
     code = "bidder_quantity_exceeded"
 
@@ -72,3 +73,13 @@ class AuctionNotCleared(Conflict):
 
 class AuctionSeriesNotFound(NotFound):
     code = "auction_series_not_found"
+
+
+class ConsignmentClosed(Conflict):
+    """Supply is final once bidding opens: consignments are taken only before then."""
+
+    code = "consignment_closed"
+
+
+class InvalidConsignment(InvalidInput):
+    code = "invalid_consignment"

@@ -23,11 +23,13 @@ from sqlalchemy import (
     String,
     Time,
     UniqueConstraint,
+    text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak
+from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak, Undersubscribed
 from app.db.base import Base, IdMixin, TimestampMixin, values_in
 
 HEX64 = "'^[0-9a-f]{64}$'"
@@ -68,6 +70,12 @@ class Auction(IdMixin, TimestampMixin, Base):
             name="reserve_floor",
         ),
         CheckConstraint("max_bidder_quantity > 0", name="max_bidder_quantity"),
+        CheckConstraint(
+            "max_bidder_share_bps IS NULL"
+            " OR (max_bidder_share_bps BETWEEN 1 AND 10000 AND max_bidder_quantity IS NOT NULL)",
+            name="max_bidder_share_bps",
+        ),
+        CheckConstraint(values_in("undersubscribed", Undersubscribed), name="undersubscribed"),
         CheckConstraint("max_bids_per_bidder > 0", name="max_bids_per_bidder"),
         CheckConstraint(f"reserve_commitment ~ {HEX64}", name="reserve_commitment"),
         CheckConstraint(f"reserve_nonce ~ {HEX64}", name="reserve_nonce"),
@@ -94,8 +102,14 @@ class Auction(IdMixin, TimestampMixin, Base):
     # Confidential until the auction is cleared: never in an API response before then.
     reserve_price: Mapped[int | None] = mapped_column(BigInteger)
     max_bidder_quantity: Mapped[int | None] = mapped_column(BigInteger)
+    # When the cap was given as a share of supply (basis points): max_bidder_quantity is then
+    # the cap it converted to at creation, the one the bids and the clearing use.
+    max_bidder_share_bps: Mapped[int | None] = mapped_column(Integer)
     max_bids_per_bidder: Mapped[int | None] = mapped_column(Integer)
     tie_break: Mapped[TieBreak] = mapped_column(String(20), nullable=False)
+    undersubscribed: Mapped[Undersubscribed] = mapped_column(
+        String(20), nullable=False, server_default=text("'cancel'")
+    )
     reserve_commitment: Mapped[str] = mapped_column(String(64), nullable=False)
     reserve_nonce: Mapped[str] = mapped_column(String(64), nullable=False)
     seed_commitment: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -107,28 +121,46 @@ class Auction(IdMixin, TimestampMixin, Base):
     )
 
     supply: Mapped[list[AuctionSupply]] = relationship(
-        lazy="raise", order_by="AuctionSupply.batch_id"
+        lazy="raise", order_by="AuctionSupply.batch_id", foreign_keys="AuctionSupply.auction_id"
     )
 
 
 class AuctionSupply(IdMixin, Base):
+    """One lot of the auction's supply: credits of one batch held from one seller (the creator,
+    a consignor, or the creator's unsold credits carried over from an earlier auction of the
+    series). Several rows may share a batch; ``sold_quantity`` and ``proceeds`` are written by
+    the close (pro rata, see :mod:`app.auction.settlement`)."""
+
     __tablename__ = "auction_supply"
     __table_args__ = (
-        UniqueConstraint("auction_id", "batch_id"),
         CheckConstraint("quantity > 0", name="quantity"),
+        CheckConstraint("sold_quantity >= 0 AND sold_quantity <= quantity", name="sold_quantity"),
+        CheckConstraint("proceeds >= 0", name="proceeds"),
+        CheckConstraint("(sold_quantity IS NULL) = (proceeds IS NULL)", name="settled"),
     )
 
     auction_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("auctions.id", ondelete="RESTRICT"), nullable=False
+        ForeignKey("auctions.id", ondelete="RESTRICT"), nullable=False, index=True
     )
     batch_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("offset_batches.id", ondelete="RESTRICT"), nullable=False, index=True
     )
     quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    # The registry hold (offsets.hold_credits) on the creator's credits.
+    # The registry hold (offsets.hold_credits) on the seller's credits.
     credit_hold_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("ledger_holds.id", ondelete="RESTRICT"), nullable=False, unique=True
     )
+    # Whose credits these are and who is paid for them.
+    seller_organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    # The auction whose unsold credits these are (series carry-over); None otherwise.
+    carried_from_auction_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("auctions.id", ondelete="RESTRICT")
+    )
+    sold_quantity: Mapped[int | None] = mapped_column(BigInteger)
+    proceeds: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(nullable=False)
 
 
 class AuctionBid(IdMixin, TimestampMixin, Base):
@@ -139,11 +171,15 @@ class AuctionBid(IdMixin, TimestampMixin, Base):
         CheckConstraint("quantity > 0", name="quantity"),
         CheckConstraint(f"commitment ~ {HEX64}", name="commitment"),
         CheckConstraint(f"nonce ~ {HEX64}", name="nonce"),
+        CheckConstraint("amendments >= 0", name="amendments"),
+        CheckConstraint("(amendments = 0) = (amended_at IS NULL)", name="amended_at"),
         Index(
             "ix_auction_bids_auction_id_bidder_organization_id",
             "auction_id",
             "bidder_organization_id",
         ),
+        # The group cap sums a group's active bids at every bid.
+        Index("ix_auction_bids_auction_id_group", "auction_id", "group"),
     )
 
     auction_id: Mapped[uuid.UUID] = mapped_column(
@@ -163,6 +199,13 @@ class AuctionBid(IdMixin, TimestampMixin, Base):
     # Kept to be revealed by the post-clearing audit; returned to the bidder once.
     nonce: Mapped[str] = mapped_column(String(64), nullable=False)
     submitted_seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True, nullable=False)
+    # The bidder's corporate group when the bid was placed (organizations.group): the group
+    # caps count it, so a later change of the organisation's group cannot alter the result.
+    group: Mapped[str | None] = mapped_column(String(100))
+    # How many times the bid was amended (PATCH), and when last; price, quantity, commitment,
+    # nonce (and submitted_seq when it lost its time priority) are the amended ones.
+    amendments: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    amended_at: Mapped[datetime | None] = mapped_column()
 
 
 class AuctionResult(Base):
@@ -175,6 +218,10 @@ class AuctionResult(Base):
         CheckConstraint("sold_quantity >= 0 AND sold_quantity <= offered_quantity", name="sold"),
         CheckConstraint("unsold_quantity = offered_quantity - sold_quantity", name="unsold"),
         CheckConstraint("revenue >= 0", name="revenue"),
+        CheckConstraint(
+            "carried_over_quantity >= 0 AND carried_over_quantity <= unsold_quantity",
+            name="carried_over_quantity",
+        ),
     )
 
     auction_id: Mapped[uuid.UUID] = mapped_column(
@@ -198,6 +245,14 @@ class AuctionResult(Base):
     winners: Mapped[int] = mapped_column(Integer, nullable=False)
     revenue: Mapped[int] = mapped_column(BigInteger, nullable=False)
     cleared_at: Mapped[datetime] = mapped_column(nullable=False)
+    # The creator's unsold credits added to the next auction of the series (carry-over), and
+    # that auction once known (None while the carry-over waits on the series).
+    carried_over_quantity: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    carried_to_auction_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("auctions.id", ondelete="RESTRICT")
+    )
 
 
 class AuctionAllocation(IdMixin, Base):
@@ -262,3 +317,10 @@ class AuctionSeries(IdMixin, TimestampMixin, Base):
     closes_time: Mapped[time] = mapped_column(Time, nullable=False)
     horizon_days: Mapped[int] = mapped_column(Integer, nullable=False)
     active: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    # Unsold credits of a closed auction go to the next auction of the series (README).
+    carry_over: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=true())
+    # Carry-overs waiting for the series' next auction to be created:
+    # [{"batch_id", "quantity", "hold_id", "from_auction_id"}, …] (credits still held).
+    pending_carry_over: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )

@@ -44,18 +44,47 @@ class BidRepository(Repository[AuctionBid]):
             {"k": f"auction-bidder:{auction_id}:{bidder_id}"},
         )
 
-    async def active_totals(self, auction_id: uuid.UUID, bidder_id: uuid.UUID) -> tuple[int, int]:
-        """(number of bids, total quantity) of the bidder's active bids."""
-        row = (
-            await self.session.execute(
-                select(func.count(), func.coalesce(func.sum(AuctionBid.quantity), 0)).where(
-                    AuctionBid.auction_id == auction_id,
-                    AuctionBid.bidder_organization_id == bidder_id,
-                    AuctionBid.status == BidStatus.active,
-                )
-            )
-        ).one()
+    async def lock_group(self, auction_id: uuid.UUID, group: str) -> None:
+        """Serialise the bid changes of all the members of one corporate group in one auction
+        (the cap counts the group's active bids)."""
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"auction-group:{auction_id}:{group}"},
+        )
+
+    async def active_totals(
+        self, auction_id: uuid.UUID, bidder_id: uuid.UUID, *, exclude: uuid.UUID | None = None
+    ) -> tuple[int, int]:
+        """(number of bids, total quantity) of the bidder's active bids, but ``exclude``."""
+        stmt = select(func.count(), func.coalesce(func.sum(AuctionBid.quantity), 0)).where(
+            AuctionBid.auction_id == auction_id,
+            AuctionBid.bidder_organization_id == bidder_id,
+            AuctionBid.status == BidStatus.active,
+        )
+        if exclude is not None:
+            stmt = stmt.where(AuctionBid.id != exclude)
+        row = (await self.session.execute(stmt)).one()
         return int(row[0]), int(row[1])
+
+    async def group_active_total(
+        self, auction_id: uuid.UUID, group: str, *, exclude: uuid.UUID | None = None
+    ) -> int:
+        """The total quantity of the active bids placed under ``group``, but ``exclude``."""
+        stmt = select(func.coalesce(func.sum(AuctionBid.quantity), 0)).where(
+            AuctionBid.auction_id == auction_id,
+            AuctionBid.group == group,
+            AuctionBid.status == BidStatus.active,
+        )
+        if exclude is not None:
+            stmt = stmt.where(AuctionBid.id != exclude)
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def next_submitted_seq(self) -> int:
+        """A fresh arrival number from the identity sequence (an amended bid's new place)."""
+        seq = await self.session.scalar(
+            text("SELECT nextval(pg_get_serial_sequence('auction_bids', 'submitted_seq'))")
+        )
+        return int(seq)
 
     async def own(
         self, auction_id: uuid.UUID, bidder_id: uuid.UUID, bid_id: uuid.UUID, *, for_update: bool
@@ -99,6 +128,27 @@ class ResultRepository:
             stmt = stmt.where(AuctionAllocation.bidder_organization_id == bidder_id)
         rows = await self.session.scalars(stmt.order_by(AuctionAllocation.id))
         return list(rows)
+
+    async def demand_curve(self, auction_id: uuid.UUID) -> list[tuple[int, int]]:
+        """The anonymised demand of a cleared auction: each distinct bid price, highest first,
+        with the quantity bid at that price or higher (every bid that took part, valid or not:
+        the same set the audit publishes)."""
+        per_level = (
+            select(AuctionBid.price, func.sum(AuctionBid.quantity).label("quantity"))
+            .where(
+                AuctionBid.auction_id == auction_id,
+                AuctionBid.status.in_([BidStatus.won, BidStatus.lost]),
+            )
+            .group_by(AuctionBid.price)
+            .subquery()
+        )
+        rows = await self.session.execute(
+            select(
+                per_level.c.price,
+                func.sum(per_level.c.quantity).over(order_by=per_level.c.price.desc()),
+            ).order_by(per_level.c.price.desc())
+        )
+        return [(int(price), int(cumulative)) for price, cumulative in rows.all()]
 
     async def cleared_bids(self, auction_id: uuid.UUID) -> list[AuctionBid]:
         """The bids that took part in the clearing (won or lost), in submission order."""

@@ -6,13 +6,15 @@ from fastapi import APIRouter, Response, status
 
 from app.accounts.dependencies import (
     AUTH_ERRORS,
+    AdminDep,
     AnyKeyDep,
     AuctioneerDep,
     BidderDep,
+    TraderDep,
 )
+from app.auction import consignment, settlement
 from app.auction import series as series_service
 from app.auction import service as auction_service
-from app.auction import settlement
 from app.auction.errors import (
     AuctionAlreadyClosed,
     AuctionNotCleared,
@@ -22,16 +24,19 @@ from app.auction.errors import (
     BidderQuantityExceeded,
     BidNotActive,
     BidNotFound,
+    ConsignmentClosed,
     InvalidAuction,
     InvalidBid,
+    InvalidConsignment,
     NotAuctionCreator,
     OwnAuction,
     TooManyBids,
 )
-from app.auction.models import Auction, AuctionBid, AuctionSeries
+from app.auction.models import Auction, AuctionBid, AuctionSeries, AuctionSupply
 from app.auction.schemas import (
     AllocationRead,
     AuctionCreate,
+    AuctionMonitor,
     AuctionRead,
     AuctionResults,
     AuctionSeriesCreate,
@@ -40,7 +45,15 @@ from app.auction.schemas import (
     BidCreate,
     BidCreated,
     BidRead,
+    BidUpdate,
+    ConsignmentCreate,
+    ConsignmentRead,
     CoverRatio,
+    DemandPointRead,
+    MonitorConcentration,
+    MonitorDispersion,
+    MonitorWinner,
+    SellerSupply,
     SupplyRead,
 )
 from app.auction.tasks import create_series_auctions
@@ -74,8 +87,10 @@ def auction_read(a: Auction) -> AuctionRead:
         reserve_commitment=a.reserve_commitment,
         seed_commitment=a.seed_commitment,
         max_bidder_quantity=a.max_bidder_quantity,
+        max_bidder_share_bps=a.max_bidder_share_bps,
         max_bids_per_bidder=a.max_bids_per_bidder,
         tie_break=a.tie_break,
+        undersubscribed=a.undersubscribed,
         created_at=a.created_at,
     )
 
@@ -90,6 +105,8 @@ def bid_read(b: AuctionBid) -> BidRead:
         status=b.status,
         commitment=b.commitment,
         submitted_seq=b.submitted_seq,
+        amendments=b.amendments,
+        amended_at=b.amended_at,
         created_at=b.created_at,
     )
 
@@ -167,6 +184,37 @@ async def list_bids(
     return [bid_read(b) for b in bids]
 
 
+@auctions.patch(
+    "/{auction_id}/bids/{bid_id}",
+    response_model=BidCreated,
+    responses=problem_responses(
+        *AUTH_ERRORS,
+        AuctionNotFound,
+        BidNotFound,
+        AuctionNotOpen,
+        BidNotActive,
+        BidderQuantityExceeded,
+        InsufficientBalance,
+        InvalidBid,
+    ),
+    summary="Amend one of the caller's active bids while the auction is open",
+    description="Change the price and/or the quantity: the same checks as a new bid, the cash "
+    "hold adjusted, a new commitment and nonce. Only lowering the quantity keeps the bid's "
+    "place (`submitted_seq`) for time-priority ties; any other change moves it to the back.",
+)
+async def amend_bid(
+    auction_id: uuid.UUID,
+    bid_id: uuid.UUID,
+    body: BidUpdate,
+    session: SessionDep,
+    principal: BidderDep,
+) -> BidCreated:
+    amended = await auction_service.amend_bid(
+        session, principal.organization_id, auction_id, bid_id, body.price, body.quantity
+    )
+    return BidCreated(**bid_read(amended.bid).model_dump(), nonce=amended.nonce)
+
+
 @auctions.delete(
     "/{auction_id}/bids/{bid_id}",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -241,7 +289,63 @@ async def get_results(
             )
             for a in found.own_allocations
         ],
+        demand_curve=[
+            DemandPointRead(price=price, cumulative_quantity=cumulative)
+            for price, cumulative in found.demand_curve
+        ],
+        sellers=[
+            SellerSupply.model_validate(s, from_attributes=True)
+            for s in consignment.sellers_of(found.auction)
+        ],
+        consignments=[
+            consignment_read(lot)
+            for lot in found.auction.supply
+            if lot.seller_organization_id == principal.organization_id
+        ],
+        carried_over_quantity=r.carried_over_quantity,
+        carried_to_auction_id=r.carried_to_auction_id,
     )
+
+
+def consignment_read(lot: AuctionSupply) -> ConsignmentRead:
+    return ConsignmentRead.model_validate(lot, from_attributes=True)
+
+
+@auctions.post(
+    "/{auction_id}/consignments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ConsignmentRead,
+    responses=problem_responses(
+        *AUTH_ERRORS,
+        AuctionNotFound,
+        ConsignmentClosed,
+        InvalidConsignment,
+        BatchNotFound,
+        InsufficientCredits,
+    ),
+    summary="Consign credits into the auction's supply before bidding opens (held until the close)",
+    description="The credits are held from the caller's; at the close the sold quantity is "
+    "drawn from every lot pro rata to its size, unsold credits come back, and the revenue is "
+    "split pro rata to what each seller sold, paid into its available JPY.",
+)
+async def consign(
+    auction_id: uuid.UUID, body: ConsignmentCreate, session: SessionDep, principal: TraderDep
+) -> ConsignmentRead:
+    lot = await consignment.consign(session, principal.organization_id, auction_id, body)
+    return consignment_read(lot)
+
+
+@auctions.get(
+    "/{auction_id}/consignments",
+    response_model=list[ConsignmentRead],
+    responses=problem_responses(*AUTH_ERRORS, AuctionNotFound),
+    summary="The caller's own supply lots in an auction, with what each sold and earned",
+)
+async def list_consignments(
+    auction_id: uuid.UUID, session: SessionDep, principal: AnyKeyDep
+) -> list[ConsignmentRead]:
+    lots = await consignment.own_lots(session, principal.organization_id, auction_id)
+    return [consignment_read(lot) for lot in lots]
 
 
 @auctions.get(
@@ -251,7 +355,47 @@ async def get_results(
     summary="The public audit: revealed reserve and seed, rules, anonymised bids, results",
 )
 async def get_audit(auction_id: uuid.UUID, session: SessionDep) -> AuditDocument:
-    return AuditDocument.model_validate(await auction_service.get_audit(session, auction_id))
+    return AuditDocument.model_validate(await consignment.audit_document(session, auction_id))
+
+
+@auctions.get(
+    "/{auction_id}/monitor",
+    response_model=AuctionMonitor,
+    responses=problem_responses(*AUTH_ERRORS, AuctionNotFound, AuctionNotCleared),
+    summary="The market monitor's view after the close: concentration, bid dispersion "
+    "(platform only: it names the largest winners)",
+)
+async def get_monitor(auction_id: uuid.UUID, session: SessionDep, _: AdminDep) -> AuctionMonitor:
+    view = await auction_service.get_monitor(session, auction_id)
+    r, c, d = view.report, view.report.concentration, view.report.dispersion
+    return AuctionMonitor(
+        auction_id=view.auction.id,
+        clearing_status=view.result.status,
+        offered_quantity=view.result.offered_quantity,
+        bid_quantity=r.bid_quantity,
+        sold_quantity=r.sold_quantity,
+        bidders=r.bidders,
+        groups=r.groups,
+        winners=r.winners,
+        concentration=MonitorConcentration(
+            hhi_awarded_by_bidder=c.hhi_awarded_by_bidder,
+            hhi_awarded_by_group=c.hhi_awarded_by_group,
+            hhi_bid_by_bidder=c.hhi_bid_by_bidder,
+            hhi_bid_by_group=c.hhi_bid_by_group,
+            top1_share_bps=c.top1_share_bps,
+            top4_share_bps=c.top4_share_bps,
+            largest_winners=[
+                MonitorWinner(
+                    organization_id=uuid.UUID(w.bidder), quantity=w.quantity, share_bps=w.share_bps
+                )
+                for w in c.largest_winners
+            ],
+        ),
+        dispersion=None if d is None else MonitorDispersion.model_validate(d, from_attributes=True),
+        reference_price=r.reference_price,
+        price_spread=r.price_spread,
+        margin_share_bps=r.margin_share_bps,
+    )
 
 
 # --- auction series (the tender calendar) ------------------------------------------------
@@ -270,6 +414,8 @@ def series_read(s: AuctionSeries, viewer: uuid.UUID) -> AuctionSeriesRead:
         rules=template.rules,
         schedule=template.schedule,
         active=s.active,
+        carry_over=s.carry_over,
+        pending_carry_over_quantity=sum(int(i["quantity"]) for i in s.pending_carry_over),
         created_at=s.created_at,
     )
 

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak
+from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak, Undersubscribed
 from app.auction.models import AuctionStatus, BidStatus
 
 MAX_QUANTITY = 1_000_000_000  # credits
@@ -23,6 +23,26 @@ MAX_PRICE = 1_000_000_000  # JPY per credit; price × quantity stays within BIGI
 Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True)]
 Price = Annotated[int, Field(gt=0, le=MAX_PRICE, strict=True)]
 Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+ShareBps = Annotated[int, Field(ge=1, le=10_000, strict=True)]
+BidsPerBidder = Annotated[int, Field(gt=0, le=1000, strict=True)]
+
+UNDERSUBSCRIBED = (
+    "When the eligible demand (at or above the reserve, after caps) is below the supply: "
+    "`cancel` sells nothing (EU ETS), `sell_what_is_bid` sells every eligible bid in full "
+    "(UK ETS, NZ) and leaves the rest unsold."
+)
+SHARE_BPS = (
+    "The per-bidder (and per-group) cap as a share of the supply, in basis points "
+    "(2500 = 25%): converted at creation to `max_bidder_quantity` = supply × bps / 10000, "
+    "rounded down to a multiple of `quantity_step`, at least one step. Give this or "
+    "`max_bidder_quantity`, not both."
+)
+
+
+def share_cap(supply: int, share_bps: int, quantity_step: int) -> int:
+    """The absolute cap a share of ``supply`` converts to: rounded down to a whole step (the
+    clearing cuts in steps), but never below one step (a cap of 0 would refuse every bid)."""
+    return max(supply * share_bps // 10_000 // quantity_step * quantity_step, quantity_step)
 
 
 class Strict(BaseModel):
@@ -51,13 +71,27 @@ class AuctionCreate(Strict):
         description="Confidential minimum price: only its commitment is shown until clearing.",
     )
     max_bidder_quantity: Quantity | None = Field(
-        default=None, description="Cap on the total quantity of one bidder's active bids."
+        default=None,
+        description="Cap on the total quantity of the active bids of one bidder, and of all "
+        "the members of one corporate group (organisation `group`).",
     )
-    max_bids_per_bidder: Annotated[int, Field(gt=0, le=1000, strict=True)] | None = None
+    max_bidder_share_bps: ShareBps | None = Field(default=None, description=SHARE_BPS)
+    max_bids_per_bidder: BidsPerBidder | None = None
     tie_break: TieBreak = TieBreak.random
+    undersubscribed: Undersubscribed = Field(
+        default=Undersubscribed.cancel, description=UNDERSUBSCRIBED
+    )
+
+    def bidder_cap(self, supply_quantity: int) -> int | None:
+        """The absolute cap to store: as given, or converted from the share of the supply."""
+        if self.max_bidder_share_bps is None:
+            return self.max_bidder_quantity
+        return share_cap(supply_quantity, self.max_bidder_share_bps, self.quantity_step)
 
     @model_validator(mode="after")
     def _consistent(self) -> AuctionCreate:
+        if self.max_bidder_quantity is not None and self.max_bidder_share_bps is not None:
+            raise ValueError("give max_bidder_quantity or max_bidder_share_bps, not both")
         if self.closes_at <= self.opens_at:
             raise ValueError("closes_at must be after opens_at")
         if (
@@ -99,19 +133,38 @@ class AuctionRead(BaseModel):
     price_tick: int
     public_floor_price: int | None
     reserve_price: int | None = Field(
-        description="null until the auction is cleared (confidential before then)."
+        description="null until the close publishes the results (settled, or cancelled): "
+        "confidential before then."
     )
     reserve_commitment: str
     seed_commitment: str
-    max_bidder_quantity: int | None
+    max_bidder_quantity: int | None = Field(
+        description="The cap per bidder and per corporate group (converted from "
+        "max_bidder_share_bps when the cap was given as a share)."
+    )
+    max_bidder_share_bps: int | None
     max_bids_per_bidder: int | None
     tie_break: TieBreak
+    undersubscribed: Undersubscribed
     created_at: datetime
 
 
 class BidCreate(Strict):
     price: Price
     quantity: Quantity
+
+
+class BidUpdate(Strict):
+    """An amendment: the new price and/or quantity (at least one)."""
+
+    price: Price | None = None
+    quantity: Quantity | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> BidUpdate:
+        if self.price is None and self.quantity is None:
+            raise ValueError("give price, quantity or both")
+        return self
 
 
 class BidRead(BaseModel):
@@ -122,7 +175,12 @@ class BidRead(BaseModel):
     amount: int = Field(description="price × quantity, held from the bidder's cash.")
     status: BidStatus
     commitment: str
-    submitted_seq: int
+    submitted_seq: int = Field(
+        description="Arrival order, for time-priority ties; a new one when an amendment "
+        "raises the price or the quantity (the bid goes to the back)."
+    )
+    amendments: int = Field(description="How many times the bid was amended.")
+    amended_at: datetime | None
     created_at: datetime
 
 
@@ -148,6 +206,11 @@ class AllocationRead(BaseModel):
     )
 
 
+class DemandPointRead(BaseModel):
+    price: int
+    cumulative_quantity: int = Field(description="Quantity bid at this price or higher.")
+
+
 class AuctionResults(BaseModel):
     auction_id: uuid.UUID
     status: AuctionStatus
@@ -167,6 +230,53 @@ class AuctionResults(BaseModel):
     revenue: int
     cleared_at: datetime
     allocations: list[AllocationRead] = Field(description="The caller's own allocations only.")
+    demand_curve: list[DemandPointRead] = Field(
+        description="Anonymised demand: each distinct bid price, highest first, with the "
+        "cumulative quantity bid at it or higher."
+    )
+    sellers: list[SellerSupply] = Field(
+        description="Offered and sold quantity per seller (pro rata to what each supplied)."
+    )
+    consignments: list[ConsignmentRead] = Field(
+        description="The caller's own supply lots, with what each sold and earned."
+    )
+    carried_over_quantity: int = Field(
+        description="The creator's unsold credits added to the series' next auction."
+    )
+    carried_to_auction_id: uuid.UUID | None = Field(
+        description="That auction, once it exists (null while the series has not created it)."
+    )
+
+
+class ConsignmentCreate(Strict):
+    batch_id: uuid.UUID
+    quantity: Quantity = Field(
+        description="Credits to add to the supply: a multiple of the auction's quantity_step; "
+        "held from the caller's credits until the close."
+    )
+
+
+class ConsignmentRead(BaseModel):
+    """A supply lot of the caller's (consigned, the creator's own, or carried over)."""
+
+    id: uuid.UUID
+    auction_id: uuid.UUID
+    batch_id: uuid.UUID
+    quantity: int
+    carried_from_auction_id: uuid.UUID | None = Field(
+        description="The earlier auction of the series whose unsold credits these are."
+    )
+    sold_quantity: int | None = Field(description="Drawn pro rata at the close (null before).")
+    proceeds: int | None = Field(
+        description="JPY paid to the seller's available balance for this lot (null before)."
+    )
+    created_at: datetime
+
+
+class SellerSupply(BaseModel):
+    seller: str = Field(description="Anonymised: S1, S2… by each seller's first lot.")
+    offered_quantity: int
+    sold_quantity: int
 
 
 class AuditRules(BaseModel):
@@ -176,10 +286,13 @@ class AuditRules(BaseModel):
     quantity_step: int
     price_tick: int
     public_floor_price: int | None
-    max_bidder_quantity: int | None
+    max_bidder_quantity: int | None = Field(description="Per bidder and per group.")
+    max_bidder_share_bps: int | None = Field(
+        default=None, description="The share max_bidder_quantity was converted from, if any."
+    )
     max_bids_per_bidder: int | None
     tie_break: TieBreak
-    undersubscribed: str
+    undersubscribed: Undersubscribed
 
 
 class AuditReserve(BaseModel):
@@ -196,6 +309,10 @@ class AuditSeed(BaseModel):
 
 class AuditBid(BaseModel):
     bidder: str = Field(description="Anonymised: B1, B2… by each bidder's first bid.")
+    group: str | None = Field(
+        description="The bidder's corporate group when it bid, anonymised: G1, G2… by each "
+        "group's first bid (null: none); the cap applies per group too."
+    )
     bid_id: uuid.UUID
     price: int
     quantity: int
@@ -235,6 +352,68 @@ class AuditDocument(BaseModel):
     seed: AuditSeed
     bids: list[AuditBid]
     results: AuditResults
+    sellers: list[SellerSupply] = Field(
+        description="Offered and sold quantity per seller (consigned supply), anonymised."
+    )
+
+
+class MonitorWinner(BaseModel):
+    organization_id: uuid.UUID
+    quantity: int
+    share_bps: int = Field(description="Of the quantity sold, in basis points.")
+
+
+class MonitorConcentration(BaseModel):
+    hhi_awarded_by_bidder: int | None = Field(
+        description="Herfindahl-Hirschman index of the awarded quantity, 0–10000 (null: "
+        "nothing sold)."
+    )
+    hhi_awarded_by_group: int | None = Field(
+        description="The same by corporate group (a bidder without one is its own group)."
+    )
+    hhi_bid_by_bidder: int | None = Field(description="Of the bid quantity (null: no bid).")
+    hhi_bid_by_group: int | None
+    top1_share_bps: int | None = Field(description="Largest winner's share of the sold quantity.")
+    top4_share_bps: int | None = Field(description="The four largest winners' share.")
+    largest_winners: list[MonitorWinner] = Field(description="Up to four, largest first.")
+
+
+class MonitorDispersion(BaseModel):
+    """Bid prices weighted by quantity (each credit bid counts once); rounded down."""
+
+    min_price: int
+    max_price: int
+    mean_price: int
+    median_price: int
+    std_dev: int = Field(description="Population standard deviation.")
+    coefficient_of_variation_bps: int = Field(description="std_dev / mean, basis points.")
+    q1_price: int
+    q3_price: int
+    interquartile_range: int
+
+
+class AuctionMonitor(BaseModel):
+    """The market monitor's view of a closed auction (platform only: it names bidders)."""
+
+    auction_id: uuid.UUID
+    clearing_status: ClearingStatus
+    offered_quantity: int
+    bid_quantity: int
+    sold_quantity: int
+    bidders: int
+    groups: int = Field(description="Corporate groups bidding (a bidder without one counts).")
+    winners: int
+    concentration: MonitorConcentration
+    dispersion: MonitorDispersion | None = Field(description="null when there was no bid.")
+    reference_price: int | None = Field(
+        description="The clearing price (uniform) or the lowest winning price (pay-as-bid)."
+    )
+    price_spread: int | None = Field(
+        description="reference_price − the quantity-weighted mean bid price."
+    )
+    margin_share_bps: int | None = Field(
+        description="Share of the bid quantity bid exactly at reference_price."
+    )
 
 
 # --- auction series (the tender calendar) ------------------------------------------------
@@ -256,8 +435,12 @@ class SeriesRules(Strict):
         default=None, description="Confidential: shown to the series' creator only."
     )
     max_bidder_quantity: Quantity | None = None
-    max_bids_per_bidder: Annotated[int, Field(gt=0, le=1000, strict=True)] | None = None
+    max_bidder_share_bps: ShareBps | None = Field(
+        default=None, description="Converted against each auction's own supply."
+    )
+    max_bids_per_bidder: BidsPerBidder | None = None
     tie_break: TieBreak = TieBreak.random
+    undersubscribed: Undersubscribed = Undersubscribed.cancel
 
 
 class SeriesSchedule(Strict):
@@ -288,6 +471,11 @@ class AuctionSeriesCreate(Strict):
     rules: SeriesRules = Field(default_factory=SeriesRules)
     schedule: SeriesSchedule
     active: bool = True
+    carry_over: bool = Field(
+        default=True,
+        description="Unsold credits of the creator's lots go to the series' next auction "
+        "that has not opened yet (consigned credits go back to their sellers).",
+    )
 
     def auction(self, title: str, opens_at: datetime, closes_at: datetime) -> AuctionCreate:
         """The body of one auction of the series, for the window ``opens_at``–``closes_at``."""
@@ -320,4 +508,8 @@ class AuctionSeriesRead(BaseModel):
     rules: SeriesRules
     schedule: SeriesSchedule
     active: bool
+    carry_over: bool
+    pending_carry_over_quantity: int = Field(
+        description="Carried-over credits held for the next auction the series will create."
+    )
     created_at: datetime

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auction import service as auction_service
 from app.auction.errors import AuctionSeriesNotFound, InvalidAuction
-from app.auction.models import Auction, AuctionSeries
+from app.auction.models import Auction, AuctionResult, AuctionSeries, AuctionSupply
 from app.auction.schemas import AuctionSeriesCreate, SeriesRules, SeriesSchedule, SupplyItem
 from app.core.time import TOKYO, utc_now
 from app.offsets.errors import BatchNotFound, InsufficientCredits
@@ -53,6 +53,8 @@ async def create_series(
         closes_time=_clock(body.schedule.closes_at),
         horizon_days=body.schedule.horizon_days,
         active=body.active,
+        carry_over=body.carry_over,
+        pending_carry_over=[],
         created_at=now,
         updated_at=now,
     )
@@ -82,6 +84,7 @@ def template_of(series: AuctionSeries) -> AuctionSeriesCreate:
             horizon_days=series.horizon_days,
         ),
         active=series.active,
+        carry_over=series.carry_over,
     )
 
 
@@ -141,9 +144,11 @@ async def create_series_auctions(
         )
         try:
             async with session.begin_nested():
-                await auction_service.create_auction(
+                auction = await auction_service.create_auction(
                     session, series.created_by_organization_id, body, series_id=series.id
                 )
+                if series.pending_carry_over and window.opens_at > now:
+                    await attach_pending_carry_over(session, series, auction, now)
         except (InsufficientCredits, BatchNotFound, InvalidAuction) as exc:
             run.skipped += 1
             log.warning(
@@ -160,6 +165,45 @@ async def create_series_auctions(
         else:
             run.created += 1
     return run
+
+
+async def attach_pending_carry_over(
+    session: AsyncSession, series: AuctionSeries, auction: Auction, now: datetime
+) -> None:
+    """Add the series' waiting carry-overs (credits already held) to ``auction``'s supply, an
+    auction of the series not yet open, and name it on the results they came from. The series
+    row is locked by the caller."""
+    origins = set()
+    for item in series.pending_carry_over:
+        quantity = int(item["quantity"])
+        session.add(
+            AuctionSupply(
+                auction_id=auction.id,
+                batch_id=uuid.UUID(item["batch_id"]),
+                quantity=quantity,
+                credit_hold_id=uuid.UUID(item["hold_id"]),
+                seller_organization_id=series.created_by_organization_id,
+                carried_from_auction_id=uuid.UUID(item["from_auction_id"]),
+                created_at=now,
+            )
+        )
+        auction.supply_quantity += quantity
+        origins.add(uuid.UUID(item["from_auction_id"]))
+    auction.updated_at = now
+    await session.execute(
+        update(AuctionResult)
+        .where(AuctionResult.auction_id.in_(origins), AuctionResult.carried_to_auction_id.is_(None))
+        .values(carried_to_auction_id=auction.id)
+    )
+    series.pending_carry_over = []
+    series.updated_at = now
+    await session.flush()
+    log.info(
+        "auction_series.carry_over_attached",
+        series_id=str(series.id),
+        auction_id=str(auction.id),
+        from_auctions=sorted(str(o) for o in origins),
+    )
 
 
 async def lock_series(session: AsyncSession, series_id: uuid.UUID) -> AuctionSeries | None:

@@ -1,28 +1,47 @@
 """Closing a sealed-bid auction: clear it and settle delivery-versus-payment in one transaction.
 
-:func:`close_auction` (the auction's creator, ``POST /v1/auctions/{id}/close``):
+:func:`close_auction` (the auction's creator, ``POST /v1/auctions/{id}/close``, or the close
+jobs):
 
 1. Takes ``FOR UPDATE`` on the auction row. Placing or withdrawing a bid takes ``FOR SHARE``
    on it and reads the clock after getting it (see :mod:`app.auction.service`), so a racing
    bid is either committed before the close reads the bids, or waits and then finds the
    auction settled (409 ``auction_not_open``). ``closes_at`` becomes now if still ahead.
+   For an auction of a series with ``carry_over``, the series row and the series' next
+   auction that has not opened yet are locked too (the carry-over's destination).
 2. Clears the active bids with :func:`app.auction.clearing.clear` (the rules fixed at
-   creation, the committed seed) and stores the results and one allocation per winning bid;
-   each active bid becomes ``won`` or ``lost``.
-3. Credits: the supply rows are taken in batch id order and the winners in clearing order
-   (``submitted_seq``); each winner is filled from the first supply row with credits left
-   (``offsets.settle_credits``, so it gets whole serial blocks from that batch), moving to the
-   next row when one runs out. Whatever is left of a supply row goes back to the creator
-   (``offsets.release_credits``).
-4. Cash: each winning bid's hold pays ``amount`` (uniform: clearing price × quantity;
-   pay-as-bid: own price × quantity) to the creator's available JPY account and the rest of the
-   hold is released; every losing bid's hold is released in full.
-5. Status: ``settled`` when anything sold, else ``cancelled`` (everything released).
+   creation, the committed seed) and stores the results, one allocation per winning bid (one
+   ``INSERT … SELECT FROM unnest``) and each active bid's new status (one ``UPDATE`` for the
+   winners, one for the rest: ``lost``).
+3. Credits: the sold quantity is drawn from the supply rows pro rata to their quantities
+   (:func:`pro_rata`: floor, then the largest remainders, ties to the earlier row; rows in
+   batch id order, then creation order). The winners, in clearing order (``submitted_seq``),
+   are filled from the rows' draws in row order. Each row settles in one call
+   (``offsets.settle_credits_many``: its deliveries summed per winner, then the rest of the
+   row released to its seller), so a winner gets whole serial blocks of each batch.
+4. Cash: the revenue is split between the sellers pro rata to what each sold (largest
+   remainder, sums exact; :func:`split_proceeds`), each bid's payment is routed to sellers in
+   order (:func:`route_payments`), and every active bid's hold is settled in ONE
+   ``ledger.settle_holds`` call: it pays the bid's amount to the sellers' available JPY and
+   releases the rest (a losing bid: all of it), with one ledger entry per bidder.
+5. Carry-over: the creator's unsold credits (its own rows; consigned rows always go back to
+   their sellers), rounded down to the series' ``quantity_step``, are held again for the
+   series: added to the next auction's supply if it exists and has not opened, else recorded
+   on the series (``pending_carry_over``) for the auction the series creates next
+   (:mod:`app.auction.series`). ``carried_over_quantity`` and ``carried_to_auction_id`` are
+   published with the results.
+6. Status: ``settled`` when anything sold, else ``cancelled``.
 
-Locks, always in this order: auction row → bid rows → batches (ascending id: the supply rows
-are in batch id order and filled in that order) → their credit accounts (under the batch lock,
-as every registry operation does) → every cash account touched, locked up front in one
-statement in account id order, so later postings only re-take locks already held.
+Every step is batched: a close costs a fixed number of statements plus a few per supply row
+and per carried batch, whatever the number of bids (``bench/auction_close``).
+
+Locks, always in this order: auction row → series row → the next auction's row → bid rows
+(taken by the bulk UPDATE; every other change of a bid first takes the auction row, so the
+bids read before it cannot change) → batches (ascending id: the supply rows are in batch id order and settled in that order, and
+carried credits are held again afterwards, in batch id order, under locks already held) →
+their credit holds and credit accounts (under the batch lock, as every registry operation
+does) → the bids' cash holds (one ``SELECT … FOR UPDATE`` in hold id order) → every cash
+account touched (one posting call, which locks its accounts in account id order).
 
 Any error (the clearing refusing its input included) propagates and the request's single
 transaction rolls back: nothing is half-settled.
@@ -30,13 +49,19 @@ transaction rolls back: nothing is half-settled.
 
 from __future__ import annotations
 
+import secrets
+import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import text
+from sqlalchemy import Row, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auction import clearing
+from app.auction import series as series_service
 from app.auction.errors import (
     AuctionAlreadyClosed,
     AuctionNotFound,
@@ -45,13 +70,14 @@ from app.auction.errors import (
 )
 from app.auction.models import (
     Auction,
-    AuctionAllocation,
     AuctionBid,
     AuctionResult,
+    AuctionSeries,
     AuctionStatus,
+    AuctionSupply,
     BidStatus,
 )
-from app.auction.repository import AuctionRepository, active_bids
+from app.auction.repository import AuctionRepository
 from app.auction.service import rules_of
 from app.core.time import utc_now
 from app.ledger import service as ledger_service
@@ -59,6 +85,7 @@ from app.ledger.models import AccountKind
 from app.offsets import service as offsets_service
 
 FINAL = frozenset({AuctionStatus.cleared, AuctionStatus.settled, AuctionStatus.cancelled})
+SETTLEMENT_KIND = "auction_settlement"
 
 
 def clearing_bid(bid: AuctionBid) -> clearing.Bid:
@@ -68,7 +95,77 @@ def clearing_bid(bid: AuctionBid) -> clearing.Bid:
         price=bid.price,
         quantity=bid.quantity,
         submitted_seq=bid.submitted_seq,
+        group=bid.group,  # as captured at bid time: the per-group cap applies at clearing
     )
+
+
+# --- pure helpers ----------------------------------------------------------------------
+
+
+def pro_rata(total: int, weights: Sequence[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (non-negative, not all zero when ``total``
+    is positive): each share is floor(total × w / W), then the units left go one each to the
+    largest remainders, ties to the earlier weight. Shares sum to ``total`` exactly and, when
+    ``total`` ≤ W, never exceed their weight."""
+    whole = sum(weights)
+    if total == 0:
+        return [0] * len(weights)
+    if whole <= 0 or total < 0:
+        raise ValueError("pro_rata needs a non-negative total and a positive weight sum")
+    shares = [total * w // whole for w in weights]
+    left = total - sum(shares)
+    order = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
+    for i in order[:left]:
+        shares[i] += 1
+    return shares
+
+
+def route_payments(payments: Sequence[int], receipts: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Which receiver each payment goes to: payments and receipts (same sum) are matched in
+    order, each payment split where a receipt fills up (so at most ``len(payments) +
+    len(receipts)`` pieces). Returns, per payment, ``(receiver index, amount)`` pieces."""
+    if sum(payments) != sum(receipts):
+        raise ValueError("payments and receipts must have the same sum")
+    out: list[list[tuple[int, int]]] = []
+    receiver, room = 0, receipts[0] if receipts else 0
+    for payment in payments:
+        pieces: list[tuple[int, int]] = []
+        while payment:
+            while not room:
+                receiver += 1
+                room = receipts[receiver]
+            take = min(payment, room)
+            pieces.append((receiver, take))
+            payment -= take
+            room -= take
+        out.append(pieces)
+    return out
+
+
+def time_ordered_ids(count: int) -> list[uuid.UUID]:
+    """``count`` UUIDv7s in ascending order (RFC 9562: the 48-bit millisecond clock, then a
+    74-bit counter started at a random value, the "monotonic random" method), ~20× faster
+    than ``new_id`` per id: an auction close names tens of thousands of allocation rows."""
+    millis = time.time_ns() // 1_000_000
+    start = secrets.randbits(72)  # room below 2**74 for the counter to grow without overflow
+    head = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0b10 << 62
+    low = (1 << 62) - 1
+    return [
+        uuid.UUID(int=head | ((start + i) >> 62) << 64 | ((start + i) & low)) for i in range(count)
+    ]
+
+
+# --- the close -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CarryTarget:
+    """Where the creator's unsold credits go: the series' next auction not yet open, or the
+    series itself (pending) when that auction does not exist yet."""
+
+    series: AuctionSeries
+    auction: Auction | None
+    quantity_step: int
 
 
 async def close_auction(
@@ -91,37 +188,79 @@ async def close_auction(
         )
     if now < auction.closes_at:
         auction.closes_at = now
+    target = await _carry_target(session, auction, now)
 
-    bids = await active_bids(session, auction.id)
-    result = clearing.clear(rules_of(auction), [clearing_bid(b) for b in bids])
-    awards = result.allocations.by_bid_id()
+    bids = await _active_bids(session, auction.id)
+    entered = [clearing_bid(cast(AuctionBid, b)) for b in bids]
+    result = clearing.clear(rules_of(auction), entered)
+    cash_holds = [(e.id, b.cash_hold_id) for e, b in zip(entered, bids, strict=True)]
 
-    session.add(_result_row(auction, result, now))
-    for bid in bids:
-        award = awards.get(str(bid.id))
-        bid.status = BidStatus.won if award is not None else BidStatus.lost
-        bid.updated_at = now
-        if award is not None:
-            session.add(
-                AuctionAllocation(
-                    auction_id=auction.id,
-                    bid_id=bid.id,
-                    bidder_organization_id=bid.bidder_organization_id,
-                    quantity=award.quantity,
-                    price=award.price,
-                    amount=award.amount,
-                    tie_selected=award.tie_selected,
-                )
-            )
+    supply = sorted(auction.supply, key=lambda s: (s.batch_id, s.created_at, s.id))
+    draws = pro_rata(result.sold_quantity, [s.quantity for s in supply])
+    sellers = list(dict.fromkeys(s.seller_organization_id for s in supply))
+    sold_by_seller = [
+        sum(d for s, d in zip(supply, draws, strict=True) if s.seller_organization_id == seller)
+        for seller in sellers
+    ]
+    proceeds_by_seller = pro_rata(result.revenue, sold_by_seller)
+    for seller, proceeds in zip(sellers, proceeds_by_seller, strict=True):
+        rows = [i for i, s in enumerate(supply) if s.seller_organization_id == seller]
+        for i, share in zip(rows, pro_rata(proceeds, [draws[i] for i in rows]), strict=True):
+            supply[i].sold_quantity = draws[i]
+            supply[i].proceeds = share
+
+    result_row = _result_row(auction, result, now)
+    session.add(result_row)
     await session.flush()
-
-    await _deliver_credits(session, auction, result.allocations)
-    await _settle_cash(session, auction, bids, awards)
+    await _record_bids(session, auction, result, now)
+    await _deliver_credits(session, auction, supply, draws, result.allocations)
+    await _settle_cash(session, auction, cash_holds, result, sellers, proceeds_by_seller)
+    if target is not None:
+        await _carry_over(session, auction, supply, draws, target, result_row, now)
 
     auction.status = AuctionStatus.settled if result.sold_quantity else AuctionStatus.cancelled
     auction.updated_at = now
     await session.flush()
     return auction
+
+
+async def _carry_target(
+    session: AsyncSession, auction: Auction, now: datetime
+) -> CarryTarget | None:
+    """The locked carry-over destination of an auction of a series (None: no carry-over)."""
+    if auction.series_id is None:
+        return None
+    series = (
+        await session.execute(
+            select(AuctionSeries)
+            .where(AuctionSeries.id == auction.series_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    if not series.carry_over or not series.active:
+        return None
+    following = (
+        await session.execute(
+            select(Auction)
+            .where(
+                Auction.series_id == series.id,
+                Auction.id != auction.id,
+                Auction.status == AuctionStatus.scheduled,
+                Auction.opens_at > now,
+            )
+            .order_by(Auction.opens_at, Auction.id)
+            .limit(1)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    step = (
+        following.quantity_step
+        if following is not None
+        else int(series.rules.get("quantity_step", 1))
+    )
+    return CarryTarget(series, following, step)
 
 
 def _result_row(auction: Auction, result: clearing.ClearingResult, now: datetime) -> AuctionResult:
@@ -146,70 +285,209 @@ def _result_row(auction: Auction, result: clearing.ClearingResult, now: datetime
         winners=result.winners,
         revenue=result.revenue,
         cleared_at=now,
+        carried_over_quantity=0,
     )
 
 
-async def _deliver_credits(
-    session: AsyncSession, auction: Auction, allocations: clearing.Allocations
+async def _active_bids(
+    session: AsyncSession, auction_id: uuid.UUID
+) -> Sequence[Row[uuid.UUID, uuid.UUID, int, int, int, str | None, uuid.UUID]]:
+    """The auction's active bids in submission order, as rows of the columns ``clearing_bid``
+    reads and the cash hold: 100,000 ORM objects would cost seconds. Not locked one by one:
+    every change of a bid (place, amend, withdraw) first takes the auction row ``FOR SHARE``,
+    which the close holds ``FOR UPDATE``; the close's own UPDATE then locks them."""
+    rows = await session.execute(
+        select(
+            AuctionBid.id,
+            AuctionBid.bidder_organization_id,
+            AuctionBid.price,
+            AuctionBid.quantity,
+            AuctionBid.submitted_seq,
+            AuctionBid.group,
+            AuctionBid.cash_hold_id,
+        )
+        .where(AuctionBid.auction_id == auction_id, AuctionBid.status == BidStatus.active)
+        .order_by(AuctionBid.submitted_seq)
+    )
+    return rows.all()
+
+
+_INSERT_ALLOCATIONS = text(
+    "INSERT INTO auction_allocations"
+    " (id, auction_id, bid_id, bidder_organization_id, quantity, price, amount, tie_selected)"
+    " SELECT id, :auction_id, bid_id, bidder, quantity, price, amount, tie"
+    " FROM unnest(CAST(:ids AS uuid[]), CAST(:bid_ids AS uuid[]), CAST(:bidders AS uuid[]),"
+    " CAST(:quantities AS bigint[]), CAST(:prices AS bigint[]), CAST(:amounts AS bigint[]),"
+    " CAST(:ties AS boolean[])) AS a(id, bid_id, bidder, quantity, price, amount, tie)"
+)
+_MARK_WON = text(
+    "UPDATE auction_bids b SET status = 'won', updated_at = :now"
+    " FROM unnest(CAST(:won AS uuid[])) AS w(id)"
+    " WHERE b.id = w.id AND b.auction_id = :auction_id AND b.status = 'active'"
+)
+_MARK_LOST = text(
+    "UPDATE auction_bids SET status = 'lost', updated_at = :now"
+    " WHERE auction_id = :auction_id AND status = 'active'"
+)
+
+
+async def _record_bids(
+    session: AsyncSession, auction: Auction, result: clearing.ClearingResult, now: datetime
 ) -> None:
-    supply = sorted(auction.supply, key=lambda s: s.batch_id)
-    left = [s.quantity for s in supply]
+    """One allocation row per winning bid and every active bid won or lost: three
+    statements whatever the count."""
+    allocations = result.allocations
+    # The clearing's ids are uuid strings: the driver encodes them into uuid[] as they are.
+    won = list(allocations.bid_ids)
+    if won:
+        await session.execute(
+            _INSERT_ALLOCATIONS,
+            {
+                "auction_id": auction.id,
+                "ids": time_ordered_ids(len(won)),
+                "bid_ids": won,
+                "bidders": list(allocations.bidders),
+                "quantities": list(allocations.quantities),
+                "prices": list(allocations.prices),
+                "amounts": list(allocations.amounts),
+                "ties": list(allocations.tie_selected),
+            },
+        )
+        await session.execute(_MARK_WON, {"won": won, "now": now, "auction_id": auction.id})
+    await session.execute(_MARK_LOST, {"now": now, "auction_id": auction.id})
+
+
+async def _deliver_credits(
+    session: AsyncSession,
+    auction: Auction,
+    supply: list[AuctionSupply],
+    draws: list[int],
+    allocations: clearing.Allocations,
+) -> None:
+    """Fill the winners from the rows' draws, then settle each row in one call (the rest of
+    a row released to its seller; the carry-over holds the creator's part again after)."""
+    deliveries: list[dict[uuid.UUID, int]] = [{} for _ in supply]
+    left = list(draws)
     row = 0
-    for award in allocations:
-        need = award.quantity
+    for bidder, quantity in zip(allocations.bidders, allocations.quantities, strict=True):
+        winner = uuid.UUID(bidder)
+        need = quantity
         while need:
             while not left[row]:
                 row += 1
             take = min(need, left[row])
-            await offsets_service.settle_credits(
-                session,
-                supply[row].batch_id,
-                supply[row].credit_hold_id,
-                uuid.UUID(award.bidder),
-                take,
-                reference=f"auction:{auction.id}:bid:{award.bid_id}",
-            )
+            deliveries[row][winner] = deliveries[row].get(winner, 0) + take
             left[row] -= take
             need -= take
-    for item, remaining in zip(supply, left, strict=True):
-        if remaining:
-            await offsets_service.release_credits(
-                session, item.batch_id, item.credit_hold_id, remaining
-            )
+    for item, delivered in zip(supply, deliveries, strict=True):
+        await offsets_service.settle_credits_many(
+            session,
+            item.batch_id,
+            item.credit_hold_id,
+            list(delivered.items()),
+            reference=f"auction:{auction.id}",
+            release_rest=True,
+        )
 
 
 async def _settle_cash(
     session: AsyncSession,
     auction: Auction,
-    bids: list[AuctionBid],
-    awards: dict[str, clearing.Allocation],
+    cash_holds: list[tuple[str, uuid.UUID]],
+    result: clearing.ClearingResult,
+    sellers: list[uuid.UUID],
+    proceeds: list[int],
 ) -> None:
-    if not bids:
+    """Every active bid's hold in one ``settle_holds``: winners pay their amount to the
+    sellers (routed in order so each seller gets exactly its proceeds), the rest released."""
+    if not cash_holds:
         return
-    seller = await ledger_service.account_id(
-        session, auction.created_by_organization_id, ledger_service.CASH, AccountKind.available
+    accounts = await ledger_service.ensure_accounts(
+        session, [(s, ledger_service.CASH, AccountKind.available) for s in sellers]
     )
-    accounts = {seller}
-    for org in {b.bidder_organization_id for b in bids}:
-        for kind in (AccountKind.available, AccountKind.held):
-            accounts.add(await ledger_service.account_id(session, org, ledger_service.CASH, kind))
-    await session.execute(
-        text("SELECT id FROM ledger_accounts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
-        {"ids": sorted(accounts)},
+    destination = [accounts[(s, ledger_service.CASH, AccountKind.available)] for s in sellers]
+    allocations = result.allocations
+    routes = route_payments(allocations.amounts, proceeds)
+    payouts = {
+        bid_id: [(destination[seller], amount) for seller, amount in pieces]
+        for bid_id, pieces in zip(allocations.bid_ids, routes, strict=True)
+    }
+    await ledger_service.settle_holds(
+        session,
+        [
+            ledger_service.HoldSettlement(hold_id, payouts.get(bid_id, ()), release_rest=True)
+            for bid_id, hold_id in cash_holds
+        ],
+        kind=SETTLEMENT_KIND,
+        reference=f"auction:{auction.id}",
     )
-    for bid in bids:
-        held = bid.price * bid.quantity
-        award = awards.get(str(bid.id))
-        paid = 0 if award is None else award.amount
-        reference = f"auction:{auction.id}:bid:{bid.id}"
-        if paid:
-            await ledger_service.settle_hold(
-                session,
-                bid.cash_hold_id,
-                seller,
-                paid,
-                kind="auction_settlement",
-                reference=reference,
+
+
+async def _carry_over(
+    session: AsyncSession,
+    auction: Auction,
+    supply: list[AuctionSupply],
+    draws: list[int],
+    target: CarryTarget,
+    result_row: AuctionResult,
+    now: datetime,
+) -> None:
+    """Hold the creator's unsold credits again for the series' next auction (or for the
+    series until that auction exists), rounded down to the quantity step; the part below one
+    step stays with the creator (released by the settlement)."""
+    creator = auction.created_by_organization_id
+    if target.auction is not None and target.series.pending_carry_over:
+        # Carry-overs still waiting on the series go to the same auction first.
+        await series_service.attach_pending_carry_over(session, target.series, target.auction, now)
+    unsold: dict[uuid.UUID, int] = {}
+    for item, drawn in zip(supply, draws, strict=True):
+        if item.seller_organization_id == creator and item.quantity > drawn:
+            unsold[item.batch_id] = unsold.get(item.batch_id, 0) + item.quantity - drawn
+    total = sum(unsold.values())
+    budget = total - total % target.quantity_step
+    if not budget:
+        return
+    following = target.auction
+    reference = (
+        f"auction:{following.id}:supply"
+        if following is not None
+        else f"auction-series:{target.series.id}:carry-over"
+    )
+    pending = list(target.series.pending_carry_over)
+    for batch_id in sorted(unsold):
+        quantity = min(unsold[batch_id], budget)
+        if not quantity:
+            break
+        budget -= quantity
+        hold_id = await offsets_service.hold_credits(
+            session, creator, batch_id, quantity, reference=reference
+        )
+        if following is not None:
+            session.add(
+                AuctionSupply(
+                    auction_id=following.id,
+                    batch_id=batch_id,
+                    quantity=quantity,
+                    credit_hold_id=hold_id,
+                    seller_organization_id=creator,
+                    carried_from_auction_id=auction.id,
+                    created_at=now,
+                )
             )
-        if held > paid:
-            await ledger_service.release(session, bid.cash_hold_id, reference=reference)
+            following.supply_quantity += quantity
+            following.updated_at = now
+        else:
+            pending.append(
+                {
+                    "batch_id": str(batch_id),
+                    "quantity": quantity,
+                    "hold_id": str(hold_id),
+                    "from_auction_id": str(auction.id),
+                }
+            )
+        result_row.carried_over_quantity += quantity
+    if following is not None:
+        result_row.carried_to_auction_id = following.id
+    else:
+        target.series.pending_carry_over = pending
+        target.series.updated_at = now

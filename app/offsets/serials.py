@@ -634,6 +634,75 @@ def settle_hold(
     return _move(items, selection, new_id, to_holder=to_holder, to_state=BlockState.ACTIVE)
 
 
+def settle_hold_many(
+    blocks: Iterable[Block],
+    hold_ref: uuid.UUID,
+    deliveries: Sequence[tuple[uuid.UUID, int]],
+    new_id: IdFactory,
+    *,
+    release_rest: bool = False,
+) -> BlockChange:
+    """``settle_hold`` for each ``(to_holder, quantity)`` of ``deliveries`` in turn, then
+    (``release_rest``) ``release`` of what the hold has left, as ONE change.
+
+    The live blocks after it are those the calls one by one would leave (same serials, holders,
+    states and refs; ids differ). Intermediate blocks (created by one step and closed by a
+    later one) are never returned: the change closes only input blocks, and lineage skips the
+    intermediates (a created block's parents are the input blocks its serials came from).
+    Each step sees only the hold's blocks and the recipient's, so the cost is linear in the
+    number of deliveries (an auction close delivers to a thousand winners at once).
+    """
+    if not deliveries and not release_rest:
+        raise InvalidOperation("nothing to settle")
+    items = _validated(blocks)
+    holder, _ = _held_by(items, hold_ref)
+    live: dict[uuid.UUID, dict[uuid.UUID, Block]] = defaultdict(dict)
+    for b in items:
+        live[b.holder][b.id] = b
+    closed: dict[uuid.UUID, Block] = {}
+    created: dict[uuid.UUID, Block] = {}
+    ancestry: dict[uuid.UUID, tuple[uuid.UUID, ...]] = {}
+    moved: list[Movement] = []
+
+    def origins(parents: tuple[uuid.UUID, ...]) -> tuple[uuid.UUID, ...]:
+        return tuple(dict.fromkeys(a for p in parents for a in ancestry.get(p, (p,))))
+
+    def absorb(change: BlockChange) -> None:
+        for b in change.closed:
+            del live[b.holder][b.id]
+            if created.pop(b.id, None) is not None:
+                ancestry[b.id] = origins(b.parent_ids)
+            else:
+                closed[b.id] = b
+        for b in change.created:
+            live[b.holder][b.id] = b
+            created[b.id] = b
+        moved.extend(change.moved)
+
+    def scope(to_holder: uuid.UUID) -> list[Block]:
+        held = [b for b in live[holder].values() if b.hold_ref == hold_ref]
+        return (
+            list(live[holder].values())
+            if to_holder == holder
+            else held + list(live[to_holder].values())
+        )
+
+    for to_holder, quantity in deliveries:
+        absorb(settle_hold(scope(to_holder), hold_ref, to_holder, quantity, new_id))
+    if release_rest and any(b.hold_ref == hold_ref for b in live[holder].values()):
+        absorb(release(live[holder].values(), hold_ref, None, new_id))
+    return BlockChange(
+        closed=tuple(sorted(closed.values(), key=lambda b: b.serial_start)),
+        created=tuple(
+            sorted(
+                (replace(b, parent_ids=origins(b.parent_ids)) for b in created.values()),
+                key=lambda b: b.serial_start,
+            )
+        ),
+        moved=tuple(moved),
+    )
+
+
 def retire(
     blocks: Iterable[Block],
     holder: uuid.UUID,

@@ -118,6 +118,13 @@ class TestUniform:
         assert published["cover_ratio"] == {"numerator": 9, "denominator": 5, "permille": 1_800}
         assert (published["bidders"], published["winners"]) == (4, 3)
         assert published["revenue"] == 120_000
+        # Anonymised demand: each price level with what was bid at it or higher.
+        assert published["demand_curve"] == [
+            {"price": 150, "cumulative_quantity": 300},
+            {"price": 120, "cumulative_quantity": 1_100},
+            {"price": 100, "cumulative_quantity": 1_600},
+            {"price": 90, "cumulative_quantity": 1_800},
+        ]
         assert (await results(client, seller.org, auction))["allocations"] == []
 
         # Cash: each winner down by exactly what it pays, nothing held; the seller paid.
