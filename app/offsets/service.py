@@ -8,6 +8,7 @@ operation at a time, and lock order is always batch, then ledger accounts by id)
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any
@@ -26,7 +27,7 @@ from app.core.ids import new_id, public_code
 from app.core.pagination import Page, PageParams, make_page
 from app.core.repository import parse_uuid_cursor
 from app.core.time import TOKYO, utc_now
-from app.db.driver import DatabaseRefusal
+from app.db.driver import DatabaseRefusal, scalar_call
 from app.ledger import service as ledger_service
 from app.ledger.models import AccountKind, AssetKind
 from app.ledger.posting import transfer as transfer_legs
@@ -385,6 +386,160 @@ async def settle_credits(
     )
     await ledger_service.settle_hold(session, hold_id, destination, quantity, reference=reference)
     return ranges_of(change.moved)
+
+
+async def settle_credits_many(
+    session: AsyncSession,
+    batch_id: uuid.UUID,
+    hold_id: uuid.UUID,
+    deliveries: Sequence[tuple[uuid.UUID, int]],
+    *,
+    reference: str,
+    release_rest: bool = False,
+) -> dict[uuid.UUID, list[list[int]]]:
+    """Deliver held credits of one batch to many buyers at once (an auction close), and with
+    ``release_rest`` give what the hold has left back to its holder: the same blocks and
+    balances as ``settle_credits`` per delivery then ``release_credits``, with one batch lock,
+    one pure ``serials.settle_hold_many``, one ``apply_change`` and one ledger call
+    (``settle_holds``). A buyer listed twice gets the sum. Returns the serial ranges each
+    buyer received."""
+    totals: dict[uuid.UUID, int] = {}
+    for organization_id, quantity in deliveries:
+        totals[organization_id] = totals.get(organization_id, 0) + quantity
+    batch, _ = await _lock_batch(session, batch_id)
+    blocks = await repo.live_blocks(session, batch.id, list(totals), hold_id=hold_id)
+    try:
+        change = serials.settle_hold_many(
+            blocks, hold_id, list(totals.items()), new_id, release_rest=release_rest
+        )
+    except serials.SerialError as exc:
+        raise _pure_error(exc) from exc
+    await repo.apply_change(session, change)
+    accounts = await ledger_service.ensure_accounts(
+        session, [(org, batch.asset, AccountKind.available) for org in totals]
+    )
+    await ledger_service.settle_holds(
+        session,
+        [
+            ledger_service.HoldSettlement(
+                hold_id,
+                [
+                    (accounts[(org, batch.asset, AccountKind.available)], q)
+                    for org, q in totals.items()
+                ],
+                release_rest=release_rest,
+            )
+        ],
+        reference=reference,
+    )
+    received: dict[uuid.UUID, list[serials.Movement]] = {org: [] for org in totals}
+    for movement in change.moved:
+        if movement.from_state == serials.BlockState.HELD and movement.to_holder in received:
+            received[movement.to_holder].append(movement)
+    return {org: ranges_of(tuple(moves)) for org, moves in received.items()}
+
+
+# --- credit holds on the order path (the caller holds the batch lock) -------------------
+
+BLOCKS_CHANGED_SQLSTATE = "TN014"
+#
+# ``hold_credits``, ``settle_credits`` and ``release_credits`` for a caller that has already
+# locked the batch (the market's ``lock_settlement`` locks every batch an order touches before
+# anything else): no second batch lock, one read of the live blocks, the block change in one
+# call and the ledger side in one call (``ledger_service.reserve``, ``settle_hold``,
+# ``release``). Same blocks, entries and errors.
+
+
+_APPLY_CHANGE_SQL = "SELECT offset_apply_change($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+
+
+async def _apply_change_fast(session: AsyncSession, change: serials.BlockChange) -> None:
+    """``repo.apply_change`` in one round trip (``offset_apply_change``, migration 0013)."""
+    created = change.created
+    try:
+        await scalar_call(
+            session,
+            _APPLY_CHANGE_SQL,
+            [
+                [b.id for b in change.closed],
+                utc_now(),
+                [b.id for b in created],
+                [b.batch_id for b in created],
+                [b.holder for b in created],
+                [b.serial_start for b in created],
+                [b.serial_end for b in created],
+                [b.state.value for b in created],
+                [b.hold_ref for b in created],
+                [b.retirement_ref for b in created],
+                [",".join(str(p) for p in b.parent_ids) for b in created],
+            ],
+        )
+    except DatabaseRefusal as refusal:
+        if refusal.sqlstate == BLOCKS_CHANGED_SQLSTATE:
+            raise RuntimeError("serial blocks changed under a batch lock") from refusal
+        raise refusal.__cause__ or refusal from None
+
+
+async def hold_credits_fast(
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    quantity: int,
+    *,
+    reference: str,
+) -> uuid.UUID:
+    """``hold_credits`` under the caller's batch lock. Returns the hold id."""
+    blocks = await repo.live_blocks(session, batch_id, [organization_id])
+    if not _has_active(blocks, organization_id, quantity):
+        raise _insufficient(blocks, organization_id, quantity)
+    hold_id = await ledger_service.reserve(
+        session,
+        organization_id,
+        ledger_service.credit_asset(batch_id),
+        quantity,
+        reference=reference,
+    )
+    try:
+        change = serials.hold(blocks, organization_id, quantity, hold_id, new_id)
+    except serials.SerialError as exc:
+        raise _pure_error(exc) from exc
+    await _apply_change_fast(session, change)
+    return hold_id
+
+
+async def settle_credits_fast(
+    session: AsyncSession,
+    batch_id: uuid.UUID,
+    hold_id: uuid.UUID,
+    to_organization_id: uuid.UUID,
+    destination: uuid.UUID,
+    quantity: int,
+    *,
+    reference: str,
+) -> list[list[int]]:
+    """``settle_credits`` under the caller's batch lock, to the buyer's ``destination``
+    account (its available account of the batch's asset). Returns the serial ranges."""
+    blocks = await repo.live_blocks(session, batch_id, [to_organization_id], hold_id=hold_id)
+    try:
+        change = serials.settle_hold(blocks, hold_id, to_organization_id, quantity, new_id)
+    except serials.SerialError as exc:
+        raise _pure_error(exc) from exc
+    await _apply_change_fast(session, change)
+    await ledger_service.settle_hold(session, hold_id, destination, quantity, reference=reference)
+    return ranges_of(change.moved)
+
+
+async def release_credits_fast(
+    session: AsyncSession, batch_id: uuid.UUID, hold_id: uuid.UUID, quantity: int | None = None
+) -> int:
+    """``release_credits`` under the caller's batch lock."""
+    blocks = await repo.live_blocks(session, batch_id, hold_id=hold_id)
+    try:
+        change = serials.release(blocks, hold_id, quantity, new_id)
+    except serials.SerialError as exc:
+        raise _pure_error(exc) from exc
+    await _apply_change_fast(session, change)
+    return await ledger_service.release(session, hold_id, change.quantity)
 
 
 # --- retirements -----------------------------------------------------------------------

@@ -624,8 +624,10 @@ class TestRelease:
         async with sessions() as other:
             await ledger.release(other, hold_id, 100)
             await other.commit()
+        # The hold operations run in SQL under the row lock: the stale copy is not what counts.
         assert await ledger.release(session, hold_id) == 300
         await session.commit()
+        await session.refresh(loaded)
         assert (loaded.remaining, loaded.status) == (0, HoldStatus.closed)
         assert await available_and_held(session, org) == (1_000, 0)
         await assert_verified(session)
