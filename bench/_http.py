@@ -143,3 +143,21 @@ def check(response: httpx.Response, status: int = 201) -> Any:
             f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text[:300]}"
         )
     return response.json()
+
+
+async def registry_headers(c: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
+    """A platform organisation with a ``registry`` key (to issue the credits a run needs):
+    its request headers."""
+    registry = check(
+        await c.post(
+            "/v1/organizations", json={"name": "Registry", "kind": "platform"}, headers=admin
+        )
+    )
+    key = check(
+        await c.post(
+            f"/v1/organizations/{registry['id']}/api-keys",
+            json={"name": "r", "scopes": ["registry", "read"]},
+            headers=admin,
+        )
+    )["key"]
+    return {"Authorization": f"Bearer {key}"}

@@ -36,7 +36,7 @@ from bench._common import (
     setup_logging,
     throwaway_server,
 )
-from bench._http import Connection, Served, check, http_phase, served
+from bench._http import Connection, Served, check, http_phase, registry_headers, served
 
 GRAMS_PER_CLAIM = 350  # a 200 g pack of rice crackers, say
 CLIENTS = 32
@@ -45,18 +45,7 @@ CLIENTS = 32
 async def prepare(server: Served, tonnes: int) -> tuple[str, dict[str, str]]:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as c:
         admin = server.admin
-        registry = check(
-            await c.post(
-                "/v1/organizations", json={"name": "Registry", "kind": "platform"}, headers=admin
-            )
-        )
-        registry_key = check(
-            await c.post(
-                f"/v1/organizations/{registry['id']}/api-keys",
-                json={"name": "r", "scopes": ["registry", "read"]},
-                headers=admin,
-            )
-        )["key"]
+        registry = await registry_headers(c, admin)
         shop = check(
             await c.post(
                 "/v1/organizations",
@@ -71,7 +60,6 @@ async def prepare(server: Served, tonnes: int) -> tuple[str, dict[str, str]]:
                 headers=admin,
             )
         )["key"]
-        reg = {"Authorization": f"Bearer {registry_key}"}
         shop_h = {"Authorization": f"Bearer {shop_key}"}
         project = check(
             await c.post(
@@ -83,7 +71,7 @@ async def prepare(server: Served, tonnes: int) -> tuple[str, dict[str, str]]:
                     "category": "forest",
                     "prefecture": "03",
                 },
-                headers=reg,
+                headers=registry,
             )
         )
         batch = check(
@@ -96,7 +84,7 @@ async def prepare(server: Served, tonnes: int) -> tuple[str, dict[str, str]]:
                     "monitoring_period_start": "2024-04-01",
                     "monitoring_period_end": "2025-03-31",
                 },
-                headers=reg,
+                headers=registry,
             )
         )
         retirement = check(

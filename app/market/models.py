@@ -20,16 +20,18 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    SmallInteger,
     String,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.time import utc_now
-from app.db.base import Base, IdMixin, TimestampMixin, values_in
+from app.db.base import Base, IdMixin, StringEnum, TimestampMixin, values_in
 from app.market.matching import OrderType, Side
+from app.offsets.models import Category
 
 
 class OrderStatus(StrEnum):
@@ -43,6 +45,15 @@ class OrderStatus(StrEnum):
 OPEN_STATUSES = (OrderStatus.open, OrderStatus.partially_filled)
 
 
+class TradingMode(StrEnum):
+    """How a product trades: matched on arrival, or collected and uncrossed at its calls."""
+
+    continuous = "continuous"
+    call = "call"  # orders rest without matching; they trade at the product's call_times
+    # Orders collect each day until the opening call (its one call time), then match on arrival.
+    call_then_continuous = "call_then_continuous"
+
+
 class OrderTimeInForce(StrEnum):
     """The times in force the API accepts; a GTD order rests like GTC until ``expires_at``."""
 
@@ -52,24 +63,72 @@ class OrderTimeInForce(StrEnum):
     gtd = "gtd"
 
 
+MAX_FEE_BPS = 1000  # 10%: a fee never takes more than a tenth of a fill
+
+
 class Product(IdMixin, TimestampMixin, Base):
+    """A standard contract: the credits of one batch, or a category product (any batch of one
+    category, optionally within a vintage window and carrying every required label).
+
+    Fees are charged on each fill's amount (price × quantity, JPY), in basis points, to the
+    maker and to the taker (see ``app.market.service`` for who pays and the rounding).
+    """
+
     __tablename__ = "market_products"
     __table_args__ = (
         CheckConstraint("code ~ '^[A-Z0-9][A-Z0-9-]{1,39}$'", name="code"),
         CheckConstraint("reference_price > 0", name="reference_price"),
         CheckConstraint("last_trade_price > 0", name="last_trade_price"),
         CheckConstraint("band_bps > 0 AND band_bps <= 10000", name="band_bps"),
+        CheckConstraint(values_in("category", Category), name="category"),
+        # Exactly one source of credits; the vintage window and labels refine a category only.
+        CheckConstraint("(batch_id IS NULL) <> (category IS NULL)", name="source"),
+        CheckConstraint(
+            "category IS NOT NULL OR"
+            " (vintage_min IS NULL AND vintage_max IS NULL AND cardinality(labels) = 0)",
+            name="category_filters",
+        ),
+        CheckConstraint("vintage_min <= vintage_max", name="vintage_window"),
+        CheckConstraint(
+            f"maker_fee_bps >= 0 AND maker_fee_bps <= {MAX_FEE_BPS}", name="maker_fee_bps"
+        ),
+        CheckConstraint(
+            f"taker_fee_bps >= 0 AND taker_fee_bps <= {MAX_FEE_BPS}", name="taker_fee_bps"
+        ),
+        CheckConstraint(values_in("trading_mode", TradingMode), name="trading_mode"),
+        CheckConstraint(
+            "(trading_mode = 'continuous') = (jsonb_array_length(call_times) = 0)",
+            name="call_times",
+        ),
+        CheckConstraint(
+            "trading_mode <> 'call_then_continuous' OR jsonb_array_length(call_times) = 1",
+            name="opening_call",
+        ),
     )
 
     code: Mapped[str] = mapped_column(String(40), nullable=False, unique=True)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
-    # The one batch whose credits the product trades (category products come later).
-    batch_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("offset_batches.id", ondelete="RESTRICT"), nullable=False, index=True
+    # A batch product trades the credits of this one batch ...
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("offset_batches.id", ondelete="RESTRICT"), index=True
+    )
+    # ... a category product those of any batch of this category, vintage window and labels.
+    category: Mapped[Category | None] = mapped_column(StringEnum(Category, 20))
+    vintage_min: Mapped[int | None] = mapped_column(SmallInteger)
+    vintage_max: Mapped[int | None] = mapped_column(SmallInteger)
+    labels: Mapped[list[str]] = mapped_column(
+        ARRAY(String(40)), nullable=False, server_default=text("'{}'")
     )
     reference_price: Mapped[int | None] = mapped_column(BigInteger)
     last_trade_price: Mapped[int | None] = mapped_column(BigInteger)
     band_bps: Mapped[int] = mapped_column(Integer, nullable=False)
+    maker_fee_bps: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    taker_fee_bps: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    trading_mode: Mapped[TradingMode] = mapped_column(
+        String(20), nullable=False, default=TradingMode.continuous
+    )
+    # A call product's daily call times, "HH:MM" in Asia/Tokyo, ascending ([] if continuous).
+    call_times: Mapped[list[str]] = mapped_column(JSONB, nullable=False, default=list)
 
 
 class MarketOrder(IdMixin, TimestampMixin, Base):
@@ -89,11 +148,8 @@ class MarketOrder(IdMixin, TimestampMixin, Base):
             "filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_quantity"
         ),
         CheckConstraint("filled_amount >= 0", name="filled_amount"),
-        CheckConstraint(
-            "(side = 'buy') = (cash_hold_id IS NOT NULL)"
-            " AND (side = 'sell') = (credit_hold_id IS NOT NULL)",
-            name="holds",
-        ),
+        # A sell order's credit holds are rows of ``market_order_credit_holds``.
+        CheckConstraint("(side = 'buy') = (cash_hold_id IS NOT NULL)", name="holds"),
         CheckConstraint("(time_in_force = 'gtd') = (expires_at IS NOT NULL)", name="expires_at"),
         UniqueConstraint("organization_id", "client_order_id"),
         Index("ix_market_orders_product_id_status", "product_id", "status"),
@@ -130,11 +186,35 @@ class MarketOrder(IdMixin, TimestampMixin, Base):
     cash_hold_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("ledger_holds.id", ondelete="RESTRICT"), unique=True
     )
-    # A sell order's credit hold (offsets.hold_credits on the product's batch).
-    credit_hold_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("ledger_holds.id", ondelete="RESTRICT"), unique=True
-    )
     sequence: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True, nullable=False)
+
+
+class MarketOrderCreditHold(Base):
+    """One credit hold of a sell order (``offsets.hold_credits`` on one batch).
+
+    A batch product's sell order has one; a category product's may have several, taken from the
+    seller's eligible batches oldest vintage first (then by batch id). Fills deliver from them in
+    ``position`` order; ``quantity`` is what was held (the ledger hold's ``remaining`` is what is
+    left of it).
+    """
+
+    __tablename__ = "market_order_credit_holds"
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity"),
+        CheckConstraint("position >= 0", name="position"),
+    )
+
+    order_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("market_orders.id", ondelete="RESTRICT"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("offset_batches.id", ondelete="RESTRICT"), nullable=False
+    )
+    hold_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("ledger_holds.id", ondelete="RESTRICT"), nullable=False, unique=True
+    )
+    quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class MarketTrade(IdMixin, Base):
@@ -144,6 +224,7 @@ class MarketTrade(IdMixin, Base):
         CheckConstraint("quantity > 0", name="quantity"),
         CheckConstraint(values_in("taker_side", Side), name="taker_side"),
         CheckConstraint("buyer_organization_id <> seller_organization_id", name="self_trade"),
+        CheckConstraint("buyer_fee >= 0 AND seller_fee >= 0", name="fees"),
     )
 
     product_id: Mapped[uuid.UUID] = mapped_column(
@@ -168,4 +249,37 @@ class MarketTrade(IdMixin, Base):
         ForeignKey("organizations.id", ondelete="RESTRICT"), nullable=False, index=True
     )
     serial_ranges: Mapped[list[list[int]]] = mapped_column(JSONB, nullable=False)
+    # JPY paid to the platform's fee account: by the buyer on top of the amount, by the seller
+    # out of its proceeds.
+    buyer_fee: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    seller_fee: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     executed_at: Mapped[datetime] = mapped_column(default=utc_now, nullable=False)
+
+
+class MarketCallRun(IdMixin, Base):
+    """One call auction of one product, recorded in the transaction that ran it.
+
+    UNIQUE (product_id, scheduled_at) makes each scheduled call run exactly once: a second
+    worker (or a restart) finds the row under the product lock and does nothing. A manual run
+    (``trigger`` manual) is scheduled at the time it was asked for.
+    """
+
+    __tablename__ = "market_call_runs"
+    __table_args__ = (
+        UniqueConstraint("product_id", "scheduled_at"),
+        CheckConstraint("trigger IN ('scheduled', 'manual')", name="trigger"),
+        CheckConstraint("price > 0", name="price"),
+        CheckConstraint("volume >= 0 AND trades >= 0", name="volume"),
+        CheckConstraint("(price IS NULL) = (volume = 0)", name="price_if_volume"),
+    )
+
+    product_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("market_products.id", ondelete="RESTRICT"), nullable=False
+    )
+    scheduled_at: Mapped[datetime] = mapped_column(nullable=False)
+    trigger: Mapped[str] = mapped_column(String(10), nullable=False)
+    price: Mapped[int | None] = mapped_column(BigInteger)  # None when nothing traded
+    volume: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    surplus: Mapped[int] = mapped_column(BigInteger, nullable=False)  # demand − supply at price
+    trades: Mapped[int] = mapped_column(Integer, nullable=False)
+    ran_at: Mapped[datetime] = mapped_column(default=utc_now, nullable=False)

@@ -37,6 +37,17 @@ class ProductRepository(Repository[Product]):
             {"k": str(product_id)},
         )
 
+    async def lock_and_reload(self, product_id: uuid.UUID) -> Product:
+        """``lock`` then ``reload`` in one round trip (``market_lock_product``, migration 0013:
+        a PL/pgSQL function whose query, run after the lock, sees the row as it is now)."""
+        stmt = (
+            select(Product)
+            .from_statement(text("SELECT * FROM market_lock_product(:id)"))
+            .execution_options(populate_existing=True)
+        )
+        product: Product = (await self.session.execute(stmt, {"id": product_id})).scalar_one()
+        return product
+
     async def list_all(self) -> Sequence[Product]:
         return (await self.session.execute(select(Product).order_by(Product.code))).scalars().all()
 

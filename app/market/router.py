@@ -17,15 +17,22 @@ from app.accounts.dependencies import (
 )
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
+from app.core.time import utc_now
 from app.db.session import SessionDep, SessionMaker
 from app.db.url import libpq_url
 from app.ledger.errors import InsufficientBalance
+from app.market import amend as market_amend
+from app.market import calls as market_calls
 from app.market import candles as market_candles
 from app.market import service as market_service
 from app.market.errors import (
+    AmendBelowFilled,
+    AmendIncreaseNotSupported,
     DuplicateClientOrderId,
     InvalidProduct,
     NoReferencePrice,
+    NotACallProduct,
+    OrderNotForCall,
     OrderNotFound,
     OrderNotOpen,
     OrderRejected,
@@ -34,13 +41,16 @@ from app.market.errors import (
     ProductNotFound,
 )
 from app.market.matching import Side
-from app.market.models import OPEN_STATUSES, MarketOrder, MarketTrade, Product
+from app.market.models import OPEN_STATUSES, MarketCallRun, MarketOrder, MarketTrade, Product
 from app.market.schemas import (
     BookRead,
+    CallRunRead,
     CandleInterval,
     CandleRead,
     CandlesRead,
+    IndicativeRead,
     LevelRead,
+    OrderAmend,
     OrderCreate,
     OrderRead,
     ProductCreate,
@@ -60,9 +70,18 @@ def product_read(p: Product) -> ProductRead:
         code=p.code,
         name=p.name,
         batch_id=p.batch_id,
+        category=p.category,
+        vintage_min=p.vintage_min,
+        vintage_max=p.vintage_max,
+        labels=p.labels,
         reference_price=p.reference_price,
         last_trade_price=p.last_trade_price,
         band_bps=p.band_bps,
+        maker_fee_bps=p.maker_fee_bps,
+        taker_fee_bps=p.taker_fee_bps,
+        trading_mode=p.trading_mode,
+        call_times=p.call_times,
+        next_call_at=market_calls.next_call_at(p, utc_now()),
         created_at=p.created_at,
     )
 
@@ -78,7 +97,7 @@ def trade_read(t: MarketTrade, organization_id: uuid.UUID, code: str) -> TradeRe
         price=t.price,
         quantity=t.quantity,
         amount=t.price * t.quantity,
-        fee=0,
+        fee=t.buyer_fee if side is Side.BUY else t.seller_fee,
         batch_id=t.batch_id,
         serial_ranges=t.serial_ranges,
         executed_at=t.executed_at,
@@ -125,7 +144,8 @@ async def _orders_read(session: AsyncSession, orders: list[MarketOrder]) -> list
     status_code=status.HTTP_201_CREATED,
     response_model=ProductRead,
     responses=problem_responses(*AUTH_ERRORS, InvalidProduct, BatchNotFound, ProductCodeTaken),
-    summary="Create a product: the credits of one batch traded on a continuous order book",
+    summary="Create a product: the credits of one batch, or a category product (any batch of "
+    "a category, vintage window and labels), with its maker and taker fees",
 )
 async def create_product(body: ProductCreate, session: SessionDep, _: AdminDep) -> ProductRead:
     return product_read(await market_service.create_product(session, body))
@@ -157,6 +177,7 @@ async def list_products(session: SessionDep, _: AnyKeyDep) -> list[ProductRead]:
         InsufficientBalance,
         InsufficientCredits,
         OrderRejected,
+        OrderNotForCall,
     ),
     summary="Place an order: its cash or credits are held, it is matched and its fills settled",
 )
@@ -195,6 +216,29 @@ async def get_order(order_id: uuid.UUID, session: SessionDep, principal: ReaderD
 )
 async def cancel_order(order_id: uuid.UUID, session: SessionDep, principal: TraderDep) -> OrderRead:
     order = await market_service.cancel_order(session, principal.organization_id, order_id)
+    return (await _orders_read(session, [order]))[0]
+
+
+@router.patch(
+    "/orders/{order_id}",
+    response_model=OrderRead,
+    responses=problem_responses(
+        *AUTH_ERRORS,
+        OrderNotFound,
+        OrderNotOpen,
+        AmendBelowFilled,
+        AmendIncreaseNotSupported,
+        PriceOutsideBand,
+        InsufficientBalance,
+        OrderRejected,
+    ),
+    summary="Amend one of the caller's open orders (quantity and/or price); a reduced quantity "
+    "keeps its time priority, any other change loses it and may trade at once",
+)
+async def amend_order(
+    order_id: uuid.UUID, body: OrderAmend, session: SessionDep, principal: TraderDep
+) -> OrderRead:
+    order = await market_amend.amend_order(session, principal.organization_id, order_id, body)
     return (await _orders_read(session, [order]))[0]
 
 
@@ -306,6 +350,53 @@ async def get_candles(
             )
             for c in result
         ],
+    )
+
+
+@router.get(
+    "/markets/{product}/indicative",
+    response_model=IndicativeRead,
+    responses=problem_responses(ProductNotFound),
+    summary="The price and volume the product's book would uncross at now, as a call "
+    "auction would (public; for a call product, the indicative price of the next call)",
+)
+async def get_indicative(product: str, session: SessionDep) -> IndicativeRead:
+    found = await market_calls.indicative(session, product)
+    return IndicativeRead(
+        product=found.product.code,
+        trading_mode=found.product.trading_mode,
+        price=found.result.price,
+        volume=found.result.volume,
+        demand=found.result.demand,
+        supply=found.result.supply,
+        imbalance=found.result.surplus,
+        reference_price=found.reference_price,
+        next_call_at=found.next_call_at,
+    )
+
+
+@router.post(
+    "/markets/{product}/call",
+    response_model=CallRunRead,
+    responses=problem_responses(*AUTH_ERRORS, ProductNotFound, NotACallProduct),
+    summary="Run a call auction of a call product now (admin): its open orders uncross at one "
+    "price",
+)
+async def run_call(product: str, session: SessionDep, _: AdminDep) -> CallRunRead:
+    found, run = await market_calls.run_call_now(session, product)
+    return call_run_read(found.code, run)
+
+
+def call_run_read(code: str, run: MarketCallRun) -> CallRunRead:
+    return CallRunRead(
+        product=code,
+        scheduled_at=run.scheduled_at,
+        trigger=run.trigger,
+        price=run.price,
+        volume=run.volume,
+        imbalance=run.surplus,
+        trades=run.trades,
+        ran_at=run.ran_at,
     )
 
 

@@ -7,40 +7,77 @@ Placing an order (one transaction):
    at a time, and the lock is taken *before* any ledger or registry row lock (settling a fill
    locks the batch row and the parties' accounts; taking those before the product lock could
    deadlock with the transaction holding it).
-2. Hold what the order may need: a buy limit holds ``price × quantity`` JPY, a market buy
-   ``band_high × quantity``; a sell holds ``quantity`` credits of the product's batch. A
-   shortfall raises (409) and nothing is written.
-3. Rebuild the book from the open orders in the database (``OrderBook.restore`` in ``sequence``
-   order; ``sequence`` is an identity column, so an order inserted under the lock has a larger
-   one than any resting order), insert the order (which takes its sequence) and submit it.
-4. Persist the events: every ``Trade`` is a ``market_trades`` row, settled at once: cash from
-   the buyer's hold to the seller's available JPY at the trade price, credits from the seller's
-   hold to the buyer (the serial ranges delivered are stored on the trade), and the buyer's
-   price improvement released from its hold. An order that ends (filled or cancelled) has what
-   remains of its holds released.
-
-5. Publish (``pg_notify('market_<product id hex>', json)``, same transaction, so delivered only
+2. Rebuild the book from the open orders in the database (``OrderBook.restore`` in ``sequence``
+   order) and submit the order to it, in memory, with a provisional sequence above every
+   resting one (its real one, taken on insert from the identity column, is larger still). A
+   rejection (post-only that would cross) raises before anything is written.
+3. Lock, in one global order, everything the fills and holds will touch (``lock_settlement``):
+   the batches (by id), then every cash and credit account (by id, one statement). Two orders
+   on different products between the same organisations then queue instead of deadlocking.
+4. Hold what the order may need: a buy limit holds ``buy_hold(price, quantity)`` JPY (the
+   amount plus the largest fee), a market buy the same at the band high; a sell holds
+   ``quantity`` of the seller's eligible credits (``eligible_holdings``: the product's batch,
+   or a category product's batches, oldest vintage first, then by batch id), one credit hold
+   per batch (``market_order_credit_holds``). A shortfall raises (409) and nothing is written.
+   Then the order row is inserted (taking its sequence).
+5. Persist the events: every ``Trade`` is settled at once (``_settle``), one ``market_trades``
+   row per batch its credits come from: cash from the buyer's hold to the seller's available
+   JPY at the trade price, the fees to the platform's fee account, credits from the seller's
+   holds to the buyer (the serial ranges delivered are stored on the trade), and the buyer's
+   hold brought down to what its open quantity may still need. An order that ends (filled or
+   cancelled) has what remains of its holds released.
+6. Publish (``pg_notify('market_<product id hex>', json)``, same transaction, so delivered only
    if it commits): one ``trade`` event per fill and one ``level`` event per price level the
    order touched (its new aggregate, ``quantity`` 0 once empty). Cancels and expiries publish
    their level too. ``app.market.stream`` relays them as Server-Sent Events.
 
 GTD orders rest like GTC; ``expire_product_orders`` (run every minute by
 ``app.market.tasks``) closes the due ones with status ``expired`` through the cancel path.
-Placing an order runs it first for its product (under the lock), so a due order never trades.
+Placing an order runs it first for its product (under the lock), so a due order never trades;
+those releases lock their own accounts before step 3 (all of them in the global order too, but
+as a first round): only a GTD order due and not yet expired by the minute task makes that
+window.
+
+Fees (``maker_fee_bps``, ``taker_fee_bps`` per product) are charged on each trade row's amount
+(price × quantity), rounded down to the yen: the buyer pays its fee on top of the amount (out
+of its hold), the seller's is deducted from its proceeds; both go to the ledger's system JPY
+``fees`` account (no organisation: the platform's revenue, like ``external`` and ``retired``)
+in the fill's own entries. Every fill with a fee locks that one account, so fee-charging fills
+of different products commit one after the other; sharding it is the next step if that shows.
+
+Throughput on one product is one over the time an order holds the product lock, and on this
+path that time is mostly round trips to the database, so the path under the lock keeps them
+few (``bench/orders`` measures it): the lock and the product row come in one call
+(``market_lock_product``); due GTD orders are found among the open orders already loaded
+(the expiry path runs only if there is one); ``lock_settlement`` finds and locks the
+accounts in one statement once they are known to exist and returns their ids, which the
+fills use instead of looking them up; every hold, settlement and release is one SQL call
+(``ledger_service.reserve``, ``settle_hold``, ``release``,
+``release_rest``; the credit side through ``offsets_service.*_fast``, under the batch
+locks already taken, one block read and one block write each); the credit holds of the
+orders involved are read once and kept in memory for the fills and releases; the level
+events are read from the book in memory. Every entry still goes through
+``ledger_post_entries``.
 
 Rebuilding the book costs O(open orders of the product) per order: acceptable at this scale;
-the next step is an in-process cache of the book keyed by product with a version check.
+the next step is an in-process cache of the book keyed by product with a version check. Past
+that, the round trips and the Python between them still bound one product to one order per
+lock hold (tens of milliseconds on a loaded 2-core machine): 1,000 orders/s on one product
+needs group commit (one process owning a product's book, matching a batch of its orders and
+settling them in one transaction, acknowledging each after that commit).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,11 +85,15 @@ from app.core.ids import new_id
 from app.core.pagination import Page, PageParams
 from app.core.time import utc_now
 from app.ledger import service as ledger_service
-from app.ledger.models import AccountKind, Hold, HoldStatus
+from app.ledger.errors import LedgerInvariantViolated
+from app.ledger.models import Account, AccountKind, Hold, HoldStatus
+from app.ledger.posting import transfer
+from app.market import phase
 from app.market.errors import (
     DuplicateClientOrderId,
     InvalidProduct,
     NoReferencePrice,
+    OrderNotForCall,
     OrderNotFound,
     OrderNotOpen,
     OrderRejected,
@@ -69,6 +110,7 @@ from app.market.matching import (
     Order,
     OrderBook,
     OrderType,
+    PriceLevel,
     Rejected,
     Rested,
     Side,
@@ -78,15 +120,20 @@ from app.market.matching import (
 from app.market.models import (
     OPEN_STATUSES,
     MarketOrder,
+    MarketOrderCreditHold,
     MarketTrade,
     OrderStatus,
     OrderTimeInForce,
     Product,
+    TradingMode,
 )
 from app.market.repository import OrderRepository, ProductRepository, TradeRepository
 from app.market.schemas import OrderCreate, ProductCreate
 from app.offsets import service as offsets_service
+from app.offsets.errors import InsufficientCredits
+from app.offsets.models import Batch
 
+FEES = AccountKind.fees  # the platform's fee account: the ledger's system JPY "fees" account
 CLIENT_ORDER_ID_CONSTRAINT = "market_orders_organization_id_client_order_id_key"
 PRODUCT_CODE_CONSTRAINT = "market_products_code_key"
 
@@ -94,14 +141,30 @@ PRODUCT_CODE_CONSTRAINT = "market_products_code_key"
 # --- products --------------------------------------------------------------------------
 
 
-async def create_product(session: AsyncSession, body: ProductCreate) -> Product:
-    if body.batch_id is None:
+def _check_source(body: ProductCreate) -> None:
+    """A product trades one batch, or a category narrowed by a vintage window and labels."""
+    if (body.batch_id is None) == (body.category is None):
         raise InvalidProduct(
-            "batch_id is required: products trade the credits of one batch for now "
-            "(category products come in a later release).",
-            field="batch_id",
+            "A product names exactly one of batch_id (the credits of one batch) or category "
+            "(category products: any eligible batch, oldest vintage first).",
+            field="category" if body.batch_id is None else "batch_id",
         )
-    await offsets_service.get_batch(session, body.batch_id)  # 404 if there is none
+    if body.batch_id is not None:
+        for name in ("vintage_min", "vintage_max", "labels"):
+            if getattr(body, name):
+                raise InvalidProduct(f"{name} is only valid for a category product.", field=name)
+    if (
+        body.vintage_min is not None
+        and body.vintage_max is not None
+        and body.vintage_min > body.vintage_max
+    ):
+        raise InvalidProduct("vintage_min must not be after vintage_max.", field="vintage_min")
+
+
+async def create_product(session: AsyncSession, body: ProductCreate) -> Product:
+    _check_source(body)
+    if body.batch_id is not None:
+        await offsets_service.get_batch(session, body.batch_id)  # 404 if there is none
     products = ProductRepository(session)
     if await products.by_code(body.code) is not None:
         raise ProductCodeTaken("A product with this code exists.", product_code=body.code)
@@ -112,8 +175,16 @@ async def create_product(session: AsyncSession, body: ProductCreate) -> Product:
             code=body.code,
             name=body.name,
             batch_id=body.batch_id,
+            category=body.category,
+            vintage_min=body.vintage_min,
+            vintage_max=body.vintage_max,
+            labels=body.labels,
             reference_price=body.reference_price,
             band_bps=body.band_bps,
+            maker_fee_bps=body.maker_fee_bps,
+            taker_fee_bps=body.taker_fee_bps,
+            trading_mode=body.trading_mode,
+            call_times=body.call_times,
             created_at=now,
             updated_at=now,
         )
@@ -187,10 +258,25 @@ async def _publish(
     product_id: uuid.UUID,
     trades: list[MarketTrade],
     levels: set[tuple[str, int]],
+    book: OrderBook | None = None,
 ) -> None:
-    """NOTIFY the trades and the new state of the touched levels (after a flush)."""
+    """NOTIFY the trades and the new state of the touched levels (after a flush), read from
+    ``book`` when the caller has the product's current book in memory (else from the open
+    orders)."""
     events = [trade_event(t) for t in trades]
-    if levels:
+    if levels and book is not None:
+        for side, price in sorted(levels):
+            ids = book.orders_at(Side(side), price)
+            events.append(
+                {
+                    "type": "level",
+                    "side": side,
+                    "price": price,
+                    "quantity": sum(book.open_quantity(i) or 0 for i in ids),
+                    "orders": len(ids),
+                }
+            )
+    elif levels:
         rows = await session.execute(
             text(
                 "SELECT side, price, sum(quantity - filled_quantity) AS quantity,"
@@ -225,8 +311,46 @@ def restore_book(open_orders: list[MarketOrder]) -> OrderBook:
 
 async def book_snapshot(session: AsyncSession, code: str, depth: int) -> BookSnapshot:
     product = await get_product(session, code)
-    book = restore_book(await OrderRepository(session).open_orders(product.id))
-    return book.depth(depth)
+    open_orders = await OrderRepository(session).open_orders(product.id)
+    if product.trading_mode != TradingMode.continuous:  # may cross until a call
+        return _aggregate(open_orders, depth)
+    return restore_book(open_orders).depth(depth)
+
+
+def _aggregate(open_orders: list[MarketOrder], depth: int) -> BookSnapshot:
+    """Price levels straight from the open orders (best first): a call product's book, which
+    may cross until the call, so the matching engine cannot rebuild it."""
+    levels: dict[tuple[Side, int], list[int]] = {}
+    for o in open_orders:
+        assert o.price is not None  # only limit orders rest
+        level = levels.setdefault((Side(o.side), o.price), [0, 0])
+        level[0] += o.quantity - o.filled_quantity
+        level[1] += 1
+
+    def side(which: Side, best_first: bool) -> tuple[PriceLevel, ...]:
+        prices = sorted((p for s, p in levels if s is which), reverse=best_first)[:depth]
+        return tuple(PriceLevel(p, *levels[which, p]) for p in prices)
+
+    return BookSnapshot(bids=side(Side.BUY, True), asks=side(Side.SELL, False))
+
+
+def _check_call_order(body: OrderCreate, collecting: bool) -> None:
+    """Orders collecting for a call are limit gtc/gtd only (``app.market.calls``)."""
+    if not collecting:
+        return
+    if body.type == OrderType.MARKET:
+        field, what = "type", "market orders"
+    elif body.time_in_force in (OrderTimeInForce.ioc, OrderTimeInForce.fok):
+        field, what = "time_in_force", f"{body.time_in_force} orders"
+    elif body.post_only:
+        field, what = "post_only", "post-only orders"
+    else:
+        return
+    raise OrderNotForCall(
+        f"This product's orders are collecting for a call auction: {what} are not accepted "
+        "(limit gtc or gtd orders only).",
+        field=field,
+    )
 
 
 # --- orders ----------------------------------------------------------------------------
@@ -239,21 +363,279 @@ class PlacedOrder:
     trades: list[MarketTrade] = field(default_factory=list)
 
 
-async def _release_rest(session: AsyncSession, order: MarketOrder, batch_id: uuid.UUID) -> None:
-    """Give back what remains of a closed order's hold (nothing if it is used up)."""
-    hold_id = order.cash_hold_id or order.credit_hold_id
-    assert hold_id is not None
-    hold = (
-        await session.execute(
-            select(Hold).where(Hold.id == hold_id).execution_options(populate_existing=True)
+# --- fees ------------------------------------------------------------------------------
+
+BPS = 10_000
+
+
+def fee(amount: int, bps: int) -> int:
+    """The fee on a fill's ``amount`` (JPY) at ``bps``, rounded down to the yen.
+
+    Rounding down keeps every fee within its rate and makes the fees of a buy order's fills
+    (each at most its limit) add up to no more than the fee on its limit × quantity, which is
+    what its hold covers (``buy_hold``).
+    """
+    return amount * bps // BPS
+
+
+def buy_hold(product: Product, limit: int, quantity: int) -> int:
+    """What a buy order holds for ``quantity`` at ``limit``: the amount plus the largest fee it
+    may pay (it may fill as taker and, once resting, as maker)."""
+    amount = limit * quantity
+    return amount + fee(amount, max(product.maker_fee_bps, product.taker_fee_bps))
+
+
+# --- credit holds and settlement locks ---------------------------------------------------
+
+AccountKey = tuple[uuid.UUID, str, AccountKind]
+# What ``lock_settlement`` locked: account id by (organisation, asset, kind); the platform's
+# fee account under (None, CASH, FEES).
+LockedAccounts = dict[tuple[uuid.UUID | None, str, AccountKind], uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class CreditHold:
+    """What is left of one of a sell order's credit holds."""
+
+    order_id: uuid.UUID
+    position: int
+    batch_id: uuid.UUID
+    hold_id: uuid.UUID
+    remaining: int
+
+
+async def credit_holds(
+    session: AsyncSession, order_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[CreditHold]]:
+    """The sell orders' credit holds with something left, in delivery (``position``) order."""
+    if not order_ids:
+        return {}
+    rows = await session.execute(
+        select(
+            MarketOrderCreditHold.order_id,
+            MarketOrderCreditHold.position,
+            MarketOrderCreditHold.batch_id,
+            MarketOrderCreditHold.hold_id,
+            Hold.remaining,
         )
-    ).scalar_one()
-    if hold.status != HoldStatus.active or hold.remaining <= 0:
-        return
-    if order.cash_hold_id is not None:
-        await ledger_service.release(session, hold_id)
+        .join(Hold, Hold.id == MarketOrderCreditHold.hold_id)
+        .where(
+            MarketOrderCreditHold.order_id.in_(list(order_ids)),
+            Hold.status == HoldStatus.active,
+            Hold.remaining > 0,
+        )
+        .order_by(MarketOrderCreditHold.order_id, MarketOrderCreditHold.position)
+    )
+    out: dict[uuid.UUID, list[CreditHold]] = {}
+    for row in rows:
+        out.setdefault(row.order_id, []).append(CreditHold(*row))
+    return out
+
+
+async def eligible_holdings(
+    session: AsyncSession, product: Product, organization_id: uuid.UUID
+) -> list[tuple[uuid.UUID, int]]:
+    """(batch id, available credits) of the organisation's holdings a sell order on the product
+    may deliver: its batch, or the category's batches in the vintage window carrying every
+    label; oldest vintage first, then by batch id (the delivery order)."""
+    stmt = (
+        select(Batch.id, Account.balance)
+        .join(
+            Account,
+            (Account.asset == Batch.asset)
+            & (Account.organization_id == organization_id)
+            & (Account.kind == AccountKind.available),
+        )
+        .where(Account.balance > 0)
+        .order_by(Batch.vintage, Batch.id)
+    )
+    if product.batch_id is not None:
+        stmt = stmt.where(Batch.id == product.batch_id)
     else:
-        await offsets_service.release_credits(session, batch_id, hold_id)
+        stmt = stmt.where(Batch.category == product.category)
+        if product.vintage_min is not None:
+            stmt = stmt.where(Batch.vintage >= product.vintage_min)
+        if product.vintage_max is not None:
+            stmt = stmt.where(Batch.vintage <= product.vintage_max)
+        if product.labels:
+            stmt = stmt.where(Batch.labels.contains(product.labels))
+    return [(row.id, int(row.balance)) for row in await session.execute(stmt)]
+
+
+def take_oldest_first(
+    holdings: Sequence[tuple[uuid.UUID, int]], quantity: int
+) -> list[tuple[uuid.UUID, int]]:
+    """(batch id, quantity) to hold for ``quantity``, from ``holdings`` in their order (each
+    batch used up before the next); what is short is simply not covered (the caller checks)."""
+    out = []
+    need = quantity
+    for batch_id, available in holdings:
+        if need <= 0:
+            break
+        take = min(need, available)
+        if take > 0:
+            out.append((batch_id, take))
+            need -= take
+    return out
+
+
+def _order_keys(
+    order_org: uuid.UUID, side: Side, batch_ids: Iterable[uuid.UUID]
+) -> set[AccountKey]:
+    """The accounts holding, releasing or settling an order's hold(s) touches."""
+    kinds = (AccountKind.available, AccountKind.held)
+    if side is Side.BUY:
+        return {(order_org, ledger_service.CASH, kind) for kind in kinds}
+    return {
+        (order_org, ledger_service.credit_asset(batch_id), kind)
+        for batch_id in batch_ids
+        for kind in kinds
+    }
+
+
+# Accounts seen to exist, by key: only a hint, never a source of ids. When every account a step
+# needs is in it, ``lock_settlement`` finds and locks them in one statement (in id order, as
+# the long way does) instead of reading them, creating the missing ones, then locking them.
+# The ids always come from that statement, in the transaction's own snapshot, so a hint that
+# is wrong (an account created by a transaction that then rolled back, or a test's TRUNCATE)
+# cannot hand out an id: the statement then finds fewer rows than asked, the hint is dropped
+# and the long way runs.
+_SEEN_ACCOUNTS: set[tuple[uuid.UUID | None, str, AccountKind]] = set()
+_SEEN_ACCOUNTS_MAX = 100_000  # then start over: a hint, not a copy of the table
+
+_FIND_AND_LOCK_ACCOUNTS = text(
+    "SELECT id, organization_id, asset, kind FROM ledger_accounts WHERE id IN ("
+    " SELECT a.id FROM ledger_accounts a"
+    " JOIN unnest(CAST(:orgs AS uuid[]), CAST(:assets AS text[]), CAST(:kinds AS text[]))"
+    " AS k(org, asset, kind)"
+    " ON a.organization_id = k.org AND a.asset = k.asset AND a.kind = k.kind"
+    " UNION ALL SELECT a.id FROM ledger_accounts a WHERE CAST(:fee AS boolean)"
+    " AND a.organization_id IS NULL AND a.asset = :fee_asset AND a.kind = :fee_kind)"
+    " ORDER BY id FOR UPDATE"
+)
+
+
+def _remember_accounts(found: LockedAccounts) -> None:
+    if len(_SEEN_ACCOUNTS) + len(found) > _SEEN_ACCOUNTS_MAX:
+        _SEEN_ACCOUNTS.clear()
+    _SEEN_ACCOUNTS.update(found)
+
+
+async def lock_settlement(
+    session: AsyncSession,
+    batch_ids: Iterable[uuid.UUID],
+    keys: Iterable[AccountKey],
+    *,
+    fee_account: bool = False,
+) -> LockedAccounts:
+    """Lock, before any hold or posting, every batch and then every ledger account a step will
+    touch: the batches in one statement by id, then the accounts in one statement by id.
+    Returns the accounts' ids, so that the step looks none of them up again.
+
+    Every writer of credits locks a batch before its accounts (``app.offsets.service``), and
+    ``ledger_post_entries`` locks accounts by id; taking all of them at once in that global
+    order means two transactions (e.g. orders on two products between the same two
+    organisations, each buying on one and selling on the other) queue instead of deadlocking.
+    Accounts are created on first use, as ``ledger_service.account_id`` would.
+    """
+    batches = sorted(set(batch_ids))
+    if batches:
+        await session.execute(
+            text(
+                "SELECT id FROM offset_batches WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE"
+            ),
+            {"ids": batches},
+        )
+    wanted = set(keys)
+    fee_key = (None, ledger_service.CASH, FEES)
+    if (
+        (wanted or fee_account)
+        and wanted <= _SEEN_ACCOUNTS
+        and (not fee_account or fee_key in _SEEN_ACCOUNTS)
+    ):
+        rows = await session.execute(
+            _FIND_AND_LOCK_ACCOUNTS,
+            {
+                "orgs": [org for org, _, _ in wanted],
+                "assets": [asset for _, asset, _ in wanted],
+                "kinds": [kind.value for _, _, kind in wanted],
+                "fee": fee_account,
+                "fee_asset": ledger_service.CASH,
+                "fee_kind": FEES.value,
+            },
+        )
+        locked: LockedAccounts = {
+            (row.organization_id, row.asset, AccountKind(row.kind)): row.id for row in rows
+        }
+        if len(locked) == len(wanted) + fee_account:
+            return locked
+        _SEEN_ACCOUNTS.clear()  # a hint went stale (a test's TRUNCATE): take the long way
+    accounts: LockedAccounts = {}
+    if wanted:
+        rows = await session.execute(
+            select(Account.id, Account.organization_id, Account.asset, Account.kind).where(
+                tuple_(Account.organization_id, Account.asset, Account.kind).in_(
+                    [(org, asset, kind.value) for org, asset, kind in sorted(wanted)]
+                )
+            )
+        )
+        found = {(row.organization_id, row.asset, AccountKind(row.kind)): row.id for row in rows}
+        _remember_accounts(found)
+        for key in sorted(wanted):
+            accounts[key] = found.get(key) or await ledger_service.account_id(session, *key)
+    if fee_account:
+        accounts[fee_key] = await ledger_service.account_id(session, *fee_key)
+        _remember_accounts({fee_key: accounts[fee_key]})
+    if accounts:
+        await session.execute(
+            text("SELECT id FROM ledger_accounts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
+            {"ids": sorted(set(accounts.values()))},
+        )
+    return accounts
+
+
+async def _lock_for_release(session: AsyncSession, orders: Sequence[MarketOrder]) -> None:
+    """Lock what releasing these orders' holds touches (cancel, expiry), in the global order."""
+    holds = await credit_holds(session, [o.id for o in orders if o.side == Side.SELL])
+    batches = {h.batch_id for hs in holds.values() for h in hs}
+    keys: set[AccountKey] = set()
+    for o in orders:
+        keys |= _order_keys(
+            o.organization_id, Side(o.side), [h.batch_id for h in holds.get(o.id, [])]
+        )
+    await lock_settlement(session, batches, keys)
+
+
+def _after_delivering(holds: list[CreditHold], quantity: int) -> list[CreditHold]:
+    """A sell's credit holds with something left after delivering ``quantity`` (in position
+    order, as ``_settle`` delivers)."""
+    out = []
+    for held in holds:
+        take = min(quantity, held.remaining)
+        quantity -= take
+        if held.remaining > take:
+            out.append(dataclasses.replace(held, remaining=held.remaining - take))
+    return out
+
+
+async def _release_rest(
+    session: AsyncSession,
+    order: MarketOrder,
+    held_credits: dict[uuid.UUID, list[CreditHold]] | None = None,
+) -> None:
+    """Give back what remains of a closed order's hold(s) (nothing if they are used up). The
+    caller has locked the order's batches and accounts (``lock_settlement``); it may pass the
+    credit holds it keeps up to date (``_settle``'s ``held_credits``) instead of reading them."""
+    if order.cash_hold_id is not None:
+        await ledger_service.release_rest(session, order.cash_hold_id)
+        return
+    if held_credits is None:
+        holds = (await credit_holds(session, [order.id])).get(order.id, [])
+    else:
+        holds = held_credits.pop(order.id, [])
+    # By batch id: the order in which batches are locked everywhere.
+    for held in sorted(holds, key=lambda h: h.batch_id):
+        await offsets_service.release_credits_fast(session, held.batch_id, held.hold_id)
 
 
 def _close(order: MarketOrder, status: OrderStatus, reason: str | None = None) -> None:
@@ -267,34 +649,133 @@ async def _settle(
     product: Product,
     event: Trade,
     orders: dict[uuid.UUID, MarketOrder],
-) -> MarketTrade:
+    accounts: LockedAccounts | None = None,
+    held_credits: dict[uuid.UUID, list[CreditHold]] | None = None,
+) -> list[MarketTrade]:
+    """Settle one fill: one ``market_trades`` row per batch its credits come from.
+
+    The sell order's holds deliver in position order (a fill may span two batches of a
+    category product); each trade row pays the seller ``price × quantity`` out of the buyer's
+    hold, moves the buyer's fee (on top) and the seller's fee (out of its proceeds) to the
+    platform's fee account, and delivers the serial blocks. Then the buyer's hold is brought
+    down to what its open quantity may still need (``buy_hold`` at its limit): the price
+    improvement and the unused fee headroom are released. The caller has taken
+    ``lock_settlement`` for the fill's accounts and batches, and may pass what it returned
+    (``accounts``) to spare looking them up again. ``held_credits``: what is left of the sell
+    orders' credit holds (``credit_holds``), kept up to date here, instead of reading them.
+    """
+    known = accounts or {}
+
+    async def account(org: uuid.UUID | None, asset: str, kind: AccountKind) -> uuid.UUID:
+        return known.get((org, asset, kind)) or await ledger_service.account_id(
+            session, org, asset, kind
+        )
+
     taker = orders[event.taker_id]  # type: ignore[index]
     maker = orders[event.maker_id]  # type: ignore[index]
     buy, sell = (taker, maker) if event.taker_side is Side.BUY else (maker, taker)
     assert buy.cash_hold_id is not None
-    assert sell.credit_hold_id is not None
-    trade_id = new_id()
-    reference = f"trade:{trade_id}"
-    amount = event.price * event.quantity
-    seller_cash = await ledger_service.account_id(
-        session, sell.organization_id, ledger_service.CASH, AccountKind.available
+    buyer_bps, seller_bps = (
+        (product.taker_fee_bps, product.maker_fee_bps)
+        if event.taker_side is Side.BUY
+        else (product.maker_fee_bps, product.taker_fee_bps)
     )
-    await ledger_service.settle_hold(
-        session, buy.cash_hold_id, seller_cash, amount, kind="trade", reference=reference
-    )
-    if event.buyer_improvement:
-        await ledger_service.release(
-            session, buy.cash_hold_id, event.buyer_improvement, reference=reference
-        )
-    ranges = await offsets_service.settle_credits(
-        session,
-        product.batch_id,
-        sell.credit_hold_id,
-        buy.organization_id,
-        event.quantity,
-        reference=reference,
+    seller_cash = await account(sell.organization_id, ledger_service.CASH, AccountKind.available)
+    fee_account = (
+        await account(None, ledger_service.CASH, FEES) if buyer_bps or seller_bps else None
     )
     now = utc_now()
+    trades: list[MarketTrade] = []
+    paid = 0
+    need = event.quantity
+    if held_credits is None:
+        holds = (await credit_holds(session, [sell.id])).get(sell.id, [])
+    else:
+        holds = held_credits.get(sell.id, [])
+        held_credits[sell.id] = _after_delivering(holds, need)
+    for held in holds:
+        if need == 0:
+            break
+        quantity = min(need, held.remaining)
+        need -= quantity
+        trade_id = new_id()
+        reference = f"trade:{trade_id}"
+        amount = event.price * quantity
+        buyer_fee, seller_fee = fee(amount, buyer_bps), fee(amount, seller_bps)
+        await ledger_service.settle_hold(
+            session, buy.cash_hold_id, seller_cash, amount, kind="trade", reference=reference
+        )
+        if fee_account is not None and buyer_fee:
+            await ledger_service.settle_hold(
+                session,
+                buy.cash_hold_id,
+                fee_account,
+                buyer_fee,
+                kind="trade_fee",
+                reference=reference,
+            )
+        if fee_account is not None and seller_fee:
+            await ledger_service.post_entry(
+                session,
+                ledger_service.EntrySpec(
+                    kind="trade_fee",
+                    legs=transfer(seller_cash, fee_account, ledger_service.CASH, seller_fee),
+                    reference=reference,
+                ),
+            )
+        paid += amount + buyer_fee
+        ranges = await offsets_service.settle_credits_fast(
+            session,
+            held.batch_id,
+            held.hold_id,
+            buy.organization_id,
+            await account(
+                buy.organization_id,
+                ledger_service.credit_asset(held.batch_id),
+                AccountKind.available,
+            ),
+            quantity,
+            reference=reference,
+        )
+        trade = MarketTrade(
+            id=trade_id,
+            product_id=product.id,
+            batch_id=held.batch_id,
+            price=event.price,
+            quantity=quantity,
+            taker_side=event.taker_side,
+            buy_order_id=buy.id,
+            sell_order_id=sell.id,
+            buyer_organization_id=buy.organization_id,
+            seller_organization_id=sell.organization_id,
+            serial_ranges=ranges,
+            buyer_fee=buyer_fee,
+            seller_fee=seller_fee,
+            executed_at=now,
+        )
+        session.add(trade)
+        trades.append(trade)
+    if need:  # the holds always cover the open quantity: a broken invariant, never input
+        raise LedgerInvariantViolated(f"sell order {sell.id} holds {need} credits too few")
+
+    # The limit the buyer's hold was taken at: its price, or a market buy's band high (which
+    # the engine reports through the improvement).
+    limit = (
+        buy.price
+        if buy.price is not None
+        else event.price + event.buyer_improvement // event.quantity
+    )
+    open_before = buy.quantity - buy.filled_quantity
+    release = (
+        buy_hold(product, limit, open_before)
+        - paid
+        - buy_hold(product, limit, open_before - event.quantity)
+    )
+    if release:
+        await ledger_service.release(
+            session, buy.cash_hold_id, release, reference=f"trade:{trades[0].id}"
+        )
+    amount = event.price * event.quantity
     for order in (buy, sell):
         order.filled_quantity += event.quantity
         order.filled_amount += amount
@@ -302,22 +783,7 @@ async def _settle(
         order.updated_at = now
     product.last_trade_price = event.price
     product.updated_at = now
-    trade = MarketTrade(
-        id=trade_id,
-        product_id=product.id,
-        batch_id=product.batch_id,
-        price=event.price,
-        quantity=event.quantity,
-        taker_side=event.taker_side,
-        buy_order_id=buy.id,
-        sell_order_id=sell.id,
-        buyer_organization_id=buy.organization_id,
-        seller_organization_id=sell.organization_id,
-        serial_ranges=ranges,
-        executed_at=now,
-    )
-    session.add(trade)
-    return trade
+    return trades
 
 
 async def place_order(
@@ -327,8 +793,7 @@ async def place_order(
     found = await products.by_code(body.product)
     if found is None:
         raise ProductNotFound("No such product.", product=body.product)
-    await products.lock(found.id)
-    product = await products.reload(found.id)  # last_trade_price as of the lock
+    product = await products.lock_and_reload(found.id)  # last_trade_price as of the lock
 
     band = price_band(product)
     if body.type == OrderType.MARKET and band is None:
@@ -346,6 +811,9 @@ async def place_order(
                 band_high=band[1],
             )
 
+    # A call product's orders rest without matching until the call (``app.market.calls``).
+    collecting = await phase.collects_orders(session, product, utc_now())
+    _check_call_order(body, collecting)
     orders = OrderRepository(session)
     if body.client_order_id is not None and (
         await orders.by_client_id(organization_id, body.client_order_id) is not None
@@ -354,11 +822,81 @@ async def place_order(
             "An order with this client_order_id exists.", client_order_id=body.client_order_id
         )
 
-    # Holds (a shortfall raises: the transaction rolls back, nothing is written).
+    # A GTD order past its expiry never trades, even before the minute task has run. The due
+    # ones are among the open orders loaded anyway: only if one is there does the expiry path
+    # (its own statements) run, and the book is read again after it.
+    now = utc_now()
+    resting = await orders.open_orders(product.id)
+    if any(_is_due(o, now) for o in resting):
+        await expire_product_orders(session, product.id, now, locked=True)
+        resting = await orders.open_orders(product.id)
+    if collecting:
+        resting = []
+    by_id: dict[uuid.UUID, MarketOrder] = {o.id: o for o in resting}
+
+    # Match first, in memory (the book is rebuilt from the database and thrown away): the fills
+    # tell which orders, batches and accounts this order touches, so all of them are locked up
+    # front in the global order (``lock_settlement``) before any hold or posting. The order's
+    # real sequence, taken on insert, is larger than any resting one, like this provisional one.
     order_id = new_id()
+    book = restore_book(resting)
+    events = book.submit(
+        Order(
+            order_id=order_id,
+            side=body.side,
+            quantity=body.quantity,
+            price=body.price,
+            owner=organization_id,
+            sequence=max((o.sequence for o in resting), default=0) + 1,
+            order_type=body.type,
+            time_in_force=TimeInForce(body.time_in_force),
+            post_only=body.post_only,
+        ),
+        band_low=band[0] if band else None,
+        band_high=band[1] if band else None,
+    )
+    for event in events:
+        if isinstance(event, Rejected):
+            raise OrderRejected(
+                f"The order was rejected: {event.reason.value}.", reason=event.reason.value
+            )
+    fills = [e for e in events if isinstance(e, Trade)]
+    makers = [by_id[e.maker_id] for e in fills]  # type: ignore[index]
+    maker_holds = await credit_holds(session, [m.id for m in makers if m.side == Side.SELL])
+    sell_batches = {oid: [h.batch_id for h in hs] for oid, hs in maker_holds.items()}
+    if body.side == Side.SELL:
+        # A batch product's sell can only deliver its batch; a category product's batches are
+        # an unlocked first look at the holdings, re-read below under the locks.
+        sell_batches[order_id] = (
+            [product.batch_id]
+            if product.batch_id is not None
+            else [b for b, _ in await eligible_holdings(session, product, organization_id)]
+        )
+    keys = _order_keys(organization_id, body.side, sell_batches.get(order_id, []))
+    for maker in makers:
+        keys |= _order_keys(maker.organization_id, Side(maker.side), sell_batches.get(maker.id, []))
+    for fill, maker in zip(fills, makers, strict=True):  # the incoming order takes every fill
+        buyer, seller, sell_id = (
+            (organization_id, maker.organization_id, maker.id)
+            if fill.taker_side is Side.BUY
+            else (maker.organization_id, organization_id, order_id)
+        )
+        keys.add((seller, ledger_service.CASH, AccountKind.available))
+        keys |= {
+            (buyer, ledger_service.credit_asset(b), AccountKind.available)
+            for b in sell_batches.get(sell_id, [])
+        }
+    accounts = await lock_settlement(
+        session,
+        {b for bs in sell_batches.values() for b in bs},
+        keys,
+        fee_account=bool(fills) and bool(product.maker_fee_bps or product.taker_fee_bps),
+    )
+
+    # Holds (a shortfall raises: the transaction rolls back, nothing is written).
     reference = f"order:{order_id}"
     cash_hold_id: uuid.UUID | None = None
-    credit_hold_id: uuid.UUID | None = None
+    taken: list[tuple[uuid.UUID, int, uuid.UUID]] = []  # (batch, quantity, hold) by position
     if body.side == Side.BUY:
         limit = body.price if body.price is not None else band[1] if band else None
         assert limit is not None
@@ -366,18 +904,36 @@ async def place_order(
             session,
             organization_id,
             ledger_service.CASH,
-            limit * body.quantity,
+            buy_hold(product, limit, body.quantity),
             reference=reference,
         )
-    else:
-        credit_hold_id = await offsets_service.hold_credits(
+    elif product.batch_id is not None:
+        # One batch: holding the credits checks them (the seller's live blocks, which count
+        # what its available balance counts) and refuses a shortfall the same way.
+        hold_id = await offsets_service.hold_credits_fast(
             session, organization_id, product.batch_id, body.quantity, reference=reference
         )
+        taken.append((product.batch_id, body.quantity, hold_id))
+    else:
+        locked = set(sell_batches[order_id])
+        holdings = [
+            (batch_id, available)
+            for batch_id, available in await eligible_holdings(session, product, organization_id)
+            if batch_id in locked
+        ]
+        available = sum(n for _, n in holdings)
+        if available < body.quantity:
+            raise InsufficientCredits(
+                f"{body.quantity} credits asked, {available} available.",
+                requested=body.quantity,
+                available=available,
+            )
+        for batch_id, quantity in take_oldest_first(holdings, body.quantity):
+            hold_id = await offsets_service.hold_credits_fast(
+                session, organization_id, batch_id, quantity, reference=reference
+            )
+            taken.append((batch_id, quantity, hold_id))
 
-    # A GTD order past its expiry never trades, even before the minute task has run.
-    await expire_product_orders(session, product.id, utc_now())
-    resting = await orders.open_orders(product.id)
-    book = restore_book(resting)
     now = utc_now()
     order = orders.add(
         MarketOrder(
@@ -396,7 +952,6 @@ async def place_order(
             post_only=body.post_only,
             client_order_id=body.client_order_id,
             cash_hold_id=cash_hold_id,
-            credit_hold_id=credit_hold_id,
             created_at=now,
             updated_at=now,
         )
@@ -410,41 +965,49 @@ async def place_order(
                 client_order_id=body.client_order_id,
             ) from exc
         raise
-    await session.refresh(order, ["sequence"])
-
-    events = book.submit(
-        _engine_order(order),
-        band_low=band[0] if band else None,
-        band_high=band[1] if band else None,
+    # The flush read ``sequence`` back (INSERT … RETURNING: the mapper's eager defaults). The
+    # credit hold rows go with the last flush (the order row they refer to is written).
+    session.add_all(
+        MarketOrderCreditHold(
+            order_id=order.id, position=i, batch_id=batch_id, hold_id=hold_id, quantity=quantity
+        )
+        for i, (batch_id, quantity, hold_id) in enumerate(taken)
     )
-    by_id: dict[uuid.UUID, MarketOrder] = {o.id: o for o in resting}
+
     by_id[order.id] = order
+    # Every credit hold the fills and releases below touch, kept in memory: under the product
+    # lock nothing else changes a resting order's holds.
+    held_credits = maker_holds | {
+        order.id: [
+            CreditHold(order.id, i, batch_id, hold_id, quantity)
+            for i, (batch_id, quantity, hold_id) in enumerate(taken)
+        ]
+    }
     placed = PlacedOrder(order=order, product=product)
     touched: set[tuple[str, int]] = set()
     if order.price is not None:
         touched.add((str(order.side), order.price))
     for event in events:
-        if isinstance(event, Rejected):
-            raise OrderRejected(
-                f"The order was rejected: {event.reason.value}.", reason=event.reason.value
-            )
         if isinstance(event, Trade):
-            placed.trades.append(await _settle(session, product, event, by_id))
+            placed.trades.extend(
+                await _settle(session, product, event, by_id, accounts, held_credits)
+            )
             maker = by_id[event.maker_id]  # type: ignore[index]
             if maker.price is not None:
                 touched.add((str(maker.side), maker.price))
         elif isinstance(event, Done):
             done = by_id[event.order_id]  # type: ignore[index]
             _close(done, OrderStatus.filled)
-            await _release_rest(session, done, product.batch_id)
+            await _release_rest(session, done, held_credits)
         elif isinstance(event, Cancelled):
             cancelled = by_id[event.order_id]  # type: ignore[index]
             _close(cancelled, OrderStatus.cancelled, event.reason.value)
-            await _release_rest(session, cancelled, product.batch_id)
-        elif isinstance(event, Accepted | Rested | Amended):
+            await _release_rest(session, cancelled, held_credits)
+        elif isinstance(event, Accepted | Rested | Amended | Rejected):
             pass
     await session.flush()
-    await _publish(session, product.id, placed.trades, touched)
+    # The book in memory is the product's book now (a collecting product's is not loaded).
+    await _publish(session, product.id, placed.trades, touched, None if collecting else book)
     return placed
 
 
@@ -477,12 +1040,21 @@ async def _take_off_book(
 ) -> None:
     """Close an open order and release its hold: the caller holds the product lock and the
     order's row lock, and has checked that it is open (cancel and expiry alike)."""
-    product = await ProductRepository(session).reload(order.product_id)
+    await _lock_for_release(session, [order])
     _close(order, status, reason)
-    await _release_rest(session, order, product.batch_id)
+    await _release_rest(session, order)
     await session.flush()
     if order.price is not None:
         await _publish(session, order.product_id, [], {(str(order.side), order.price)})
+
+
+def _is_due(order: MarketOrder, now: datetime) -> bool:
+    """``_due`` for a loaded open order."""
+    return (
+        order.time_in_force == OrderTimeInForce.gtd
+        and order.expires_at is not None
+        and order.expires_at <= now
+    )
 
 
 def _due(now: datetime) -> Any:
@@ -500,15 +1072,17 @@ async def products_with_due_orders(session: AsyncSession, now: datetime) -> list
 
 
 async def expire_product_orders(
-    session: AsyncSession, product_id: uuid.UUID, now: datetime
+    session: AsyncSession, product_id: uuid.UUID, now: datetime, *, locked: bool = False
 ) -> list[MarketOrder]:
-    """Expire the product's due GTD orders, under the product lock (as a cancel).
+    """Expire the product's due GTD orders, under the product lock (as a cancel); ``locked``:
+    the caller holds it already.
 
     The due orders are selected after the lock is taken, so an order another worker (or a
     cancel, or a fill) closed meanwhile is no longer open and is skipped: each order is expired
     exactly once however many workers run this, and a second run finds nothing.
     """
-    await ProductRepository(session).lock(product_id)
+    if not locked:
+        await ProductRepository(session).lock(product_id)
     stmt = (
         select(MarketOrder)
         .where(MarketOrder.product_id == product_id, _due(now))
@@ -517,6 +1091,7 @@ async def expire_product_orders(
         .execution_options(populate_existing=True)
     )
     due = list((await session.execute(stmt)).scalars().all())
+    await _lock_for_release(session, due)  # all of them at once, in the global order
     for order in due:
         await _take_off_book(session, order, OrderStatus.expired, "expired")
     return due

@@ -47,3 +47,17 @@ def test_ledger_benchmark_runs_and_its_checks_pass() -> None:
     assert result["server"]["fsync"] == "on"
     assert result["server"]["synchronous_commit"] == "on"
     assert "FAILED" not in stdout
+
+
+def test_orders_benchmark_runs_and_its_checks_pass() -> None:
+    result, stdout = run_bench("bench.orders", "--quick", "--seconds", "0.5", "--clients", "4")
+
+    assert result["name"] == "orders"
+    assert result["ok"] is True
+    assert result["unit"] == "orders/s"
+    assert result["value"] > 0
+    assert result["baseline"] > 0
+    assert result["ratio"] > 0
+    assert result["trades"] > 0
+    assert result["server"]["fsync"] == "on"
+    assert "FAILED" not in stdout

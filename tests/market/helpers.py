@@ -143,21 +143,47 @@ async def book_from_database(session: AsyncSession, m: Market) -> Json:
 
 
 INVARIANTS = {
-    # A closed order keeps nothing held.
+    # A closed order keeps nothing held (a buy's cash hold, a sell's credit holds).
     "closed_order_holds_released": """
         SELECT o.id FROM market_orders o
-          JOIN ledger_holds h ON h.id = coalesce(o.cash_hold_id, o.credit_hold_id)
+          LEFT JOIN market_order_credit_holds c ON c.order_id = o.id
+          JOIN ledger_holds h ON h.id = coalesce(o.cash_hold_id, c.hold_id)
          WHERE o.status IN ('filled', 'cancelled', 'expired')
            AND (h.status <> 'closed' OR h.remaining <> 0)
     """,
-    # An open limit order holds exactly what its open quantity may still need.
+    # An open limit order holds exactly what its open quantity may still need: a buy its
+    # amount plus the largest fee (rounded down), a sell its credits (over all its holds).
     "open_order_holds_match": """
         SELECT o.id FROM market_orders o
-          JOIN ledger_holds h ON h.id = coalesce(o.cash_hold_id, o.credit_hold_id)
+          JOIN market_products p ON p.id = o.product_id
+          LEFT JOIN market_order_credit_holds c ON c.order_id = o.id
+          JOIN ledger_holds h ON h.id = coalesce(o.cash_hold_id, c.hold_id)
          WHERE o.status IN ('open', 'partially_filled')
-           AND h.remaining <> CASE WHEN o.side = 'buy'
-                                   THEN o.price * (o.quantity - o.filled_quantity)
-                                   ELSE o.quantity - o.filled_quantity END
+         GROUP BY o.id, p.id
+        HAVING sum(h.remaining) <> CASE
+                 WHEN o.side = 'buy'
+                 THEN o.price * (o.quantity - o.filled_quantity)
+                      + o.price * (o.quantity - o.filled_quantity)
+                        * greatest(p.maker_fee_bps, p.taker_fee_bps) / 10000
+                 ELSE o.quantity - o.filled_quantity END
+    """,
+    # A sell order's holds are each on a batch the product may deliver.
+    "sell_holds_eligible": """
+        SELECT c.order_id FROM market_order_credit_holds c
+          JOIN market_orders o ON o.id = c.order_id
+          JOIN market_products p ON p.id = o.product_id
+          JOIN offset_batches b ON b.id = c.batch_id
+         WHERE NOT (CASE WHEN p.batch_id IS NOT NULL THEN b.id = p.batch_id
+                         ELSE b.category = p.category
+                              AND b.vintage >= coalesce(p.vintage_min, b.vintage)
+                              AND b.vintage <= coalesce(p.vintage_max, b.vintage)
+                              AND b.labels @> p.labels END)
+    """,
+    # Fees: what the fee account holds is what the trades say was charged.
+    "fees_add_up": """
+        SELECT a.id FROM ledger_accounts a
+         WHERE a.kind = 'fees' AND a.asset = 'JPY'
+           AND a.balance <> (SELECT coalesce(sum(buyer_fee + seller_fee), 0) FROM market_trades)
     """,
     "open_orders_are_limit_gtc_or_gtd": """
         SELECT id FROM market_orders WHERE status IN ('open', 'partially_filled')

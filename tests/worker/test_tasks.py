@@ -115,5 +115,6 @@ def test_periodic_schedule() -> None:
         "auction.close_due": "* * * * *",
         "auction.create_series_auctions": "*/15 * * * *",
         "market.expire_orders": "* * * * *",
+        "market.run_calls": "* * * * *",
     }
     assert "app.worker.tasks" in TASK_MODULES

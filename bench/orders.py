@@ -1,0 +1,318 @@
+"""bench/orders: limit orders placed over HTTP on one product's book, beside GET /health.
+
+Tanso runs under uvicorn with 2 workers on a throwaway durable embedded PostgreSQL; 32
+keep-alive clients (16 buying, 16 selling, each its own organisation) place limit orders of
+one credit at one price for a fixed time, so every order either rests or fills against the
+oldest resting order of the other side: the book stays shallow and about half the orders
+trade (hold, match, settle cash and serials, release, publish). Every 201 is sent after the
+order's transaction committed. An unmeasured warm-up (a fifth of the phase's length) comes
+first, so that the figure does not include each pooled connection preparing its statements.
+The baseline is ``GET /health`` through the same server and clients in the same run (the
+framework's ceiling). Goals: >= 1,000 orders/s, p99 < 50 ms, ratio to /health >= 0.25.
+
+Afterwards it checks what the load could have broken: every acknowledged order is stored and
+nothing else is, no order filled beyond its quantity, fills equal on both sides and equal to
+the trades, no trade above the buy's limit or below the sell's, closed orders' holds released
+and open orders' holds exactly what they may still need, the book uncrossed, and the ledger
+and registry checkers find nothing.
+
+    .venv/bin/python -m bench.orders            # full size, about a minute
+    .venv/bin/python -m bench.orders --quick    # a few seconds (--clients N: fewer)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from app.config import get_settings
+from app.db.session import create_engine, create_sessionmaker
+from app.ledger.verify import run_checks
+from app.offsets.verify import run_registry_checks
+from bench._common import (
+    finish,
+    format_table,
+    ratio,
+    run_async,
+    setup_logging,
+    throwaway_server,
+)
+from bench._http import Connection, Served, check, http_phase, registry_headers, served
+
+CLIENTS = 32
+PRICE = 1_000  # JPY per t-CO2e: every order at this price, so each one crosses or rests
+# Enough for any run on this machine kind: ~3,000 orders/s for 15 s is ~1,500 per client.
+CREDITS_PER_SELLER = 20_000
+CASH_PER_BUYER = CREDITS_PER_SELLER * PRICE
+PRODUCT = "JCR-BENCH-ORDERS"
+
+
+async def _member(c: httpx.AsyncClient, admin: dict[str, str], name: str) -> tuple[str, str]:
+    """A company with a trading key: (organisation id, key)."""
+    org = check(
+        await c.post("/v1/organizations", json={"name": name, "kind": "company"}, headers=admin)
+    )
+    key = check(
+        await c.post(
+            f"/v1/organizations/{org['id']}/api-keys",
+            json={"name": "bench", "scopes": ["trade", "read", "transfer"]},
+            headers=admin,
+        )
+    )["key"]
+    return org["id"], key
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def prepare(server: Served, clients: int) -> list[dict[str, str]]:
+    """One organisation per client, funded for the whole run; returns each client's headers
+    (even workers buy, odd ones sell)."""
+    admin = server.admin
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as c:
+        registry = await registry_headers(c, admin)
+        members = [await _member(c, admin, f"Trader {i}") for i in range(clients)]
+        sellers = members[1::2]
+        project = check(
+            await c.post(
+                "/v1/projects",
+                json={
+                    "name": "Forest",
+                    "owner_organization_id": sellers[0][0],
+                    "methodology": "FO-001",
+                    "category": "forest",
+                    "prefecture": "03",
+                },
+                headers=registry,
+            )
+        )
+        batch = check(
+            await c.post(
+                "/v1/issuances",
+                json={
+                    "project_id": project["id"],
+                    "holder_organization_id": sellers[0][0],
+                    "quantity": CREDITS_PER_SELLER * len(sellers),
+                    "monitoring_period_start": "2024-04-01",
+                    "monitoring_period_end": "2025-03-31",
+                },
+                headers=registry,
+            )
+        )
+        for org_id, _ in sellers[1:]:
+            check(
+                await c.post(
+                    "/v1/credit-transfers",
+                    json={
+                        "to_organization_id": org_id,
+                        "batch_id": batch["id"],
+                        "quantity": CREDITS_PER_SELLER,
+                    },
+                    headers=_bearer(sellers[0][1]),
+                )
+            )
+        for i, (org_id, _) in enumerate(members[0::2]):
+            check(
+                await c.post(
+                    "/v1/deposits",
+                    json={
+                        "organization_id": org_id,
+                        "amount": CASH_PER_BUYER,
+                        "reference": f"d{i}",
+                    },
+                    headers=admin,
+                )
+            )
+        check(
+            await c.post(
+                "/v1/products",
+                json={
+                    "code": PRODUCT,
+                    "name": "J-Credit forest, benchmark",
+                    "batch_id": batch["id"],
+                    "reference_price": PRICE,
+                },
+                headers=admin,
+            )
+        )
+    return [_bearer(key) for _, key in members]
+
+
+# Each query returns the ids of what breaks its rule (none when all is well).
+INVARIANTS = {
+    "fills_add_up": """
+        SELECT o.id FROM market_orders o
+          LEFT JOIN market_trades t ON o.id IN (t.buy_order_id, t.sell_order_id)
+         GROUP BY o.id
+        HAVING o.filled_quantity <> coalesce(sum(t.quantity), 0)
+            OR o.filled_amount <> coalesce(sum(t.price * t.quantity), 0)
+            OR o.filled_quantity > o.quantity
+    """,
+    "no_fill_beyond_limit": """
+        SELECT t.id FROM market_trades t
+          JOIN market_orders b ON b.id = t.buy_order_id
+          JOIN market_orders s ON s.id = t.sell_order_id
+         WHERE t.price > b.price OR t.price < s.price
+    """,
+    # An order's holds are found by their reference (``order:<id>``), whatever their number.
+    "closed_order_holds_released": """
+        SELECT o.id FROM market_orders o
+          JOIN ledger_holds h ON h.organization_id = o.organization_id
+                             AND h.reference = 'order:' || o.id
+         WHERE o.status IN ('filled', 'cancelled', 'expired')
+           AND (h.status <> 'closed' OR h.remaining <> 0)
+    """,
+    "open_order_holds_match": """
+        SELECT o.id FROM market_orders o
+          LEFT JOIN ledger_holds h ON h.organization_id = o.organization_id
+                                  AND h.reference = 'order:' || o.id
+         WHERE o.status IN ('open', 'partially_filled')
+         GROUP BY o.id
+        HAVING coalesce(sum(h.remaining), 0) <> CASE WHEN o.side = 'buy'
+                                   THEN o.price * (o.quantity - o.filled_quantity)
+                                   ELSE o.quantity - o.filled_quantity END
+    """,
+    "book_uncrossed": """
+        SELECT 1 FROM market_orders b, market_orders s
+         WHERE b.side = 'buy' AND s.side = 'sell' AND b.product_id = s.product_id
+           AND b.status IN ('open', 'partially_filled')
+           AND s.status IN ('open', 'partially_filled') AND b.price >= s.price
+         LIMIT 1
+    """,
+}
+
+
+async def invariants(url: str, acknowledged: int) -> tuple[list[str], dict[str, int]]:
+    """The failures, and what the database holds (orders, trades, credits traded)."""
+    engine = create_engine(get_settings(), url)
+    failures: list[str] = []
+    try:
+        async with create_sessionmaker(engine)() as session:
+            results = await run_checks(session) + await run_registry_checks(session)
+            failures += [f"{r.name}: {r.violations[:3]}" for r in results if not r.ok]
+            for name, sql in INVARIANTS.items():
+                broken = (await session.execute(text(sql))).scalars().all()
+                if broken:
+                    failures.append(f"{name}: {list(broken)[:3]}")
+            row = (
+                await session.execute(
+                    text(
+                        "SELECT (SELECT count(*) FROM market_orders),"
+                        " (SELECT count(*) FROM market_trades),"
+                        " (SELECT coalesce(sum(quantity), 0) FROM market_trades),"
+                        " (SELECT coalesce(sum(filled_quantity), 0) FROM market_orders"
+                        "   WHERE side = 'buy'),"
+                        " (SELECT coalesce(sum(filled_quantity), 0) FROM market_orders"
+                        "   WHERE side = 'sell')"
+                    )
+                )
+            ).one()
+            orders, trades, traded, bought, sold = (int(v) for v in row)
+            if orders != acknowledged:
+                failures.append(f"{acknowledged} orders acknowledged, {orders} stored")
+            if not bought == sold == traded:
+                failures.append(f"fills: bought {bought}, sold {sold}, traded {traded}")
+    finally:
+        await engine.dispose()
+    return failures, {"orders": orders, "trades": trades, "traded": traded}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a few seconds, not a minute")
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument(
+        "--clients", type=int, default=CLIENTS, help="an even number (half buy, half sell)"
+    )
+    args = parser.parse_args(argv)
+    if args.clients < 2 or args.clients % 2:
+        parser.error("--clients must be an even number >= 2")
+    clients = args.clients
+    seconds = args.seconds or (1.5 if args.quick else 15.0)
+    setup_logging()
+
+    with throwaway_server() as pg:
+        url = pg.migrated_database("orders")
+        with served(url) as server:
+
+            async def run() -> dict[str, Any]:
+                keys = await prepare(server, clients)
+
+                async def health(c: Connection, worker: int, i: int) -> tuple[int, bytes]:
+                    return await c.request("GET", "/health")
+
+                async def place(c: Connection, worker: int, i: int) -> tuple[int, bytes]:
+                    body = {
+                        "product": PRODUCT,
+                        "side": "sell" if worker % 2 else "buy",
+                        "price": PRICE,
+                        "quantity": 1,
+                    }
+                    return await c.request(
+                        "POST", "/v1/orders", json.dumps(body).encode(), keys[worker]
+                    )
+
+                baseline, _ = await http_phase(
+                    "GET /health", server.base_url, clients, seconds, health
+                )
+                # Unmeasured: each pooled connection prepares its statements on first use.
+                warm, warm_statuses = await http_phase(
+                    "warm-up", server.base_url, clients, seconds / 5, place
+                )
+                pg.checkpoint()
+                orders, statuses = await http_phase(
+                    "limit orders", server.base_url, clients, seconds, place
+                )
+                acknowledged = warm_statuses.get(201, 0) + statuses.get(201, 0)
+                return {
+                    "baseline": baseline,
+                    "orders": orders,
+                    "errors": warm.errors + orders.errors,
+                    "acknowledged": acknowledged,
+                }
+
+            out = run_async(run)
+        failures = [f"order phase errors: {out['errors']}"] if out["errors"] else []
+        found, stored = run_async(lambda: invariants(url, out["acknowledged"]))
+        failures += found
+        settings = pg.settings()
+
+    baseline, orders = out["baseline"], out["orders"]
+    report = format_table(
+        ["phase", "clients", "requests", "per second", "p50 ms", "p99 ms", "ratio to /health"],
+        [
+            [baseline.name, clients, baseline.operations, baseline.rate, baseline.latency_ms(50), baseline.latency_ms(99), 1.0],
+            [orders.name, clients, orders.operations, orders.rate, orders.latency_ms(50), orders.latency_ms(99), ratio(orders.rate, baseline.rate)],
+        ],
+    )  # fmt: skip
+    report += (
+        f"\n\nstored: {stored['orders']:,} orders, {stored['trades']:,} trades"
+        f" ({stored['traded']:,} credits)"
+    )
+    return finish(
+        report,
+        {
+            "name": "orders",
+            "value": round(orders.rate, 1),
+            "unit": "orders/s",
+            "baseline": round(baseline.rate, 1),
+            "ratio": ratio(orders.rate, baseline.rate),
+            "p50_ms": orders.latency_ms(50),
+            "p99_ms": orders.latency_ms(99),
+            "trades": stored["trades"],
+            "clients": clients,
+            "goal": ">= 1000 orders/s, p99 < 50 ms, ratio >= 0.25",
+            "server": settings,
+        },
+        failures,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
