@@ -6,6 +6,7 @@ machine ``code``; the problem ``type`` is ``https://tanso.dev/problems/<code>``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -148,20 +149,39 @@ _STATUS_CODES = {
 
 # Deadlock, serialisation failure, lock not available: the transaction was rolled back whole.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+# The database took no work at all: too many connections, starting up or shutting down, or the
+# connection failed (class 08). Nothing was applied; the client may try again shortly.
+UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+
+
+def _sqlstates(exc: BaseException) -> Iterator[str]:
+    """The SQLSTATEs carried by ``exc`` and what it wraps (SQLAlchemy's ``orig``, causes)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return
+        for candidate in (seen, getattr(seen, "orig", None)):
+            code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+            if code:
+                yield str(code)
+        seen = seen.__cause__
 
 
 def retryable_sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE if ``exc`` (or what it wraps) is a conflict a retry would resolve."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return None
-        for candidate in (seen, getattr(seen, "orig", None)):
-            code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-            if code in RETRYABLE_SQLSTATES:
-                return str(code)
-        seen = seen.__cause__
-    return None
+    return next((code for code in _sqlstates(exc) if code in RETRYABLE_SQLSTATES), None)
+
+
+def unavailable_sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE if ``exc`` says the database could not take the request at all."""
+    return next(
+        (
+            code
+            for code in _sqlstates(exc)
+            if code in UNAVAILABLE_SQLSTATES or code.startswith("08")
+        ),
+        None,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -205,6 +225,16 @@ def install_error_handlers(app: FastAPI) -> None:
                 409,
                 "transaction_conflict",
                 "The request collided with another one and was not applied; send it again.",
+                headers={"Retry-After": "1"},
+            )
+        sqlstate = unavailable_sqlstate(exc)
+        if sqlstate is not None:
+            log.warning("http.database_unavailable", path=request.url.path, sqlstate=sqlstate)
+            return problem_response(
+                request,
+                503,
+                "database_unavailable",
+                "The database could not take the request now; nothing was applied. Try again.",
                 headers={"Retry-After": "1"},
             )
         return await _unhandled(request, exc)

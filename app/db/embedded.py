@@ -18,6 +18,8 @@ import structlog
 
 log = structlog.get_logger()
 
+TEST_MAX_CONNECTIONS = 300  # throwaway test servers only (``fast_unsafe``)
+
 
 def _library() -> tuple[ModuleType, ModuleType]:
     with warnings.catch_warnings():
@@ -50,7 +52,8 @@ class EmbeddedPostgres:
 def start_embedded(data_dir: Path, *, fast_unsafe: bool = False) -> EmbeddedPostgres:
     """Start (or attach to) the embedded server in ``data_dir/pgdata``.
 
-    ``fast_unsafe`` turns off fsync for throwaway test servers: never for real data.
+    ``fast_unsafe`` turns off fsync (and allows more connections) for throwaway test servers:
+    never for real data.
     """
     library, _ = _library()
     data_dir = data_dir.expanduser().resolve()
@@ -61,9 +64,17 @@ def start_embedded(data_dir: Path, *, fast_unsafe: bool = False) -> EmbeddedPost
     already = running is not None and running.is_running()
     server = library.get_server(data_dir / "pgdata", cleanup_mode=None)
     if fast_unsafe:
+        # A test run has several server processes and concurrency tests on one server: more
+        # connections than the default 100. max_connections needs a restart (pg_ctl restart
+        # reuses the options the wheel started it with, so the URL stays the same).
         server.psql(
             "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"
-            " ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();"
+            " ALTER SYSTEM SET full_page_writes = off;"
+            f" ALTER SYSTEM SET max_connections = {TEST_MAX_CONNECTIONS};"
+        )
+        _, commands = _library()
+        commands.pg_ctl(
+            ["-w", "-m", "fast", "restart"], pgdata=data_dir / "pgdata", user=server.system_user
         )
     log.info("db.embedded_started", pgdata=str(data_dir / "pgdata"))
     return EmbeddedPostgres(

@@ -1,5 +1,7 @@
 """A transaction PostgreSQL aborted to break a deadlock (or a serialisation conflict) is a 409
-``transaction_conflict`` with Retry-After, not a 500: nothing was applied, send it again."""
+``transaction_conflict`` with Retry-After, not a 500: nothing was applied, send it again. A
+database that takes no work (too many connections, shutting down, connection lost) is a 503
+``database_unavailable`` with Retry-After."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError
 
-from app.core.errors import retryable_sqlstate
+from app.core.errors import retryable_sqlstate, unavailable_sqlstate
 
 
 def _deadlock() -> asyncpg.PostgresError:
@@ -48,6 +50,27 @@ async def test_a_wrapped_serialisation_failure_is_a_409(app: FastAPI) -> None:
     assert r.json()["code"] == "transaction_conflict"
 
 
+async def test_too_many_connections_is_a_503(app: FastAPI) -> None:
+    async def full() -> None:
+        raise asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already")
+
+    app.add_api_route("/full", full)
+    r = await _get(app, "/full")
+    assert r.status_code == 503
+    assert r.json()["code"] == "database_unavailable"
+    assert r.headers["retry-after"] == "1"
+
+
+async def test_a_lost_connection_is_a_503(app: FastAPI) -> None:
+    async def lost() -> None:
+        raise DBAPIError("SELECT …", {}, _Orig("08006"))
+
+    app.add_api_route("/lost", lost)
+    r = await _get(app, "/lost")
+    assert r.status_code == 503
+    assert r.json()["code"] == "database_unavailable"
+
+
 async def test_other_database_errors_stay_500s(app: FastAPI) -> None:
     async def broken() -> None:
         raise DBAPIError("SELECT …", {}, _Orig("42P01"))
@@ -63,3 +86,6 @@ def test_retryable_sqlstate_follows_causes() -> None:
     outer.__cause__ = _deadlock()
     assert retryable_sqlstate(outer) == "40P01"
     assert retryable_sqlstate(ValueError("no")) is None
+    assert unavailable_sqlstate(outer) is None
+    outer.__cause__ = asyncpg.exceptions.CannotConnectNowError("starting up")
+    assert unavailable_sqlstate(outer) == "57P03"
