@@ -53,7 +53,7 @@ few (``bench/orders`` measures it): the lock and the product row come in one cal
 accounts in one statement once they are known to exist and returns their ids, which the
 fills use instead of looking them up; every hold, settlement and release is one SQL call
 (``ledger_service.reserve``, ``settle_hold``, ``release``,
-``release_rest``; the credit side through ``offsets_service.*_fast``, under the batch
+``release_rest``; the credit side through ``offsets_service.*_locked``, under the batch
 locks already taken, one block read and one block write each); the credit holds of the
 orders involved are read once and kept in memory for the fills and releases; the level
 events are read from the book in memory. Every entry still goes through
@@ -635,7 +635,7 @@ async def _release_rest(
         holds = held_credits.pop(order.id, [])
     # By batch id: the order in which batches are locked everywhere.
     for held in sorted(holds, key=lambda h: h.batch_id):
-        await offsets_service.release_credits_fast(session, held.batch_id, held.hold_id)
+        await offsets_service.release_credits_locked(session, held.batch_id, held.hold_id)
 
 
 def _close(order: MarketOrder, status: OrderStatus, reason: str | None = None) -> None:
@@ -724,7 +724,7 @@ async def _settle(
                 ),
             )
         paid += amount + buyer_fee
-        ranges = await offsets_service.settle_credits_fast(
+        ranges = await offsets_service.settle_credits_locked(
             session,
             held.batch_id,
             held.hold_id,
@@ -910,7 +910,7 @@ async def place_order(
     elif product.batch_id is not None:
         # One batch: holding the credits checks them (the seller's live blocks, which count
         # what its available balance counts) and refuses a shortfall the same way.
-        hold_id = await offsets_service.hold_credits_fast(
+        hold_id = await offsets_service.hold_credits_locked(
             session, organization_id, product.batch_id, body.quantity, reference=reference
         )
         taken.append((product.batch_id, body.quantity, hold_id))
@@ -929,7 +929,7 @@ async def place_order(
                 available=available,
             )
         for batch_id, quantity in take_oldest_first(holdings, body.quantity):
-            hold_id = await offsets_service.hold_credits_fast(
+            hold_id = await offsets_service.hold_credits_locked(
                 session, organization_id, batch_id, quantity, reference=reference
             )
             taken.append((batch_id, quantity, hold_id))

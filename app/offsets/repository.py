@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, and_, func, insert, literal, or_, select, 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.time import utc_now
-from app.db.driver import scalar_call
+from app.db.driver import DatabaseRefusal, scalar_call
 from app.offsets import serials
 from app.offsets.models import (
     POOL_SHARDS,
@@ -106,38 +106,38 @@ async def live_blocks(
     return [_to_pure(b) for b in rows]
 
 
+# Persisting a change is one call of ``offset_apply_change`` (migration 0013): close the old
+# blocks, then insert the new ones, so the live-serials exclusion constraint sees the old ones
+# closed. TN014: a block to close was not live (changed under the batch lock: a bug).
+_APPLY_CHANGE_SQL = "SELECT offset_apply_change($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+BLOCKS_CHANGED_SQLSTATE = "TN014"
+
+
 async def apply_change(session: AsyncSession, change: serials.BlockChange) -> None:
-    """Persist a pure change: close its old blocks and insert its new ones."""
-    now = utc_now()
-    if change.closed:
-        ids = [b.id for b in change.closed]
-        closed = await session.execute(
-            update(Block)
-            .where(Block.id.in_(ids), Block.closed_at.is_(None))
-            .values(closed_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if closed.rowcount != len(ids):  # type: ignore[attr-defined]
-            raise RuntimeError("serial blocks changed under a batch lock")
-    if change.created:
-        await session.execute(
-            insert(Block),
+    """Persist a pure change (close its old blocks, insert its new ones) in one round trip."""
+    created = change.created
+    try:
+        await scalar_call(
+            session,
+            _APPLY_CHANGE_SQL,
             [
-                {
-                    "id": b.id,
-                    "batch_id": b.batch_id,
-                    "holder_organization_id": b.holder,
-                    "serial_start": b.serial_start,
-                    "serial_end": b.serial_end,
-                    "state": b.state.value,
-                    "hold_id": b.hold_ref,
-                    "retirement_id": b.retirement_ref,
-                    "parent_ids": list(b.parent_ids),
-                    "created_at": now,
-                }
-                for b in change.created
+                [b.id for b in change.closed],
+                utc_now(),
+                [b.id for b in created],
+                [b.batch_id for b in created],
+                [b.holder for b in created],
+                [b.serial_start for b in created],
+                [b.serial_end for b in created],
+                [b.state.value for b in created],
+                [b.hold_ref for b in created],
+                [b.retirement_ref for b in created],
+                [",".join(str(p) for p in b.parent_ids) for b in created],
             ],
         )
+    except DatabaseRefusal as refusal:
+        if refusal.sqlstate == BLOCKS_CHANGED_SQLSTATE:
+            raise RuntimeError("serial blocks changed under a batch lock") from refusal
+        raise refusal.__cause__ or refusal from None
 
 
 async def holdings(

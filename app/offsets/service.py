@@ -27,7 +27,7 @@ from app.core.ids import new_id, public_code
 from app.core.pagination import Page, PageParams, make_page
 from app.core.repository import parse_uuid_cursor
 from app.core.time import TOKYO, utc_now
-from app.db.driver import DatabaseRefusal, scalar_call
+from app.db.driver import DatabaseRefusal
 from app.ledger import service as ledger_service
 from app.ledger.models import AccountKind, AssetKind
 from app.ledger.posting import transfer as transfer_legs
@@ -310,19 +310,10 @@ async def hold_credits(
     reference: str,
 ) -> uuid.UUID:
     """Hold ``quantity`` credits of a batch (ledger hold and serial blocks). Returns the hold id."""
-    batch, _ = await _lock_batch(session, batch_id)
-    blocks = await repo.live_blocks(session, batch.id, [organization_id])
-    if not _has_active(blocks, organization_id, quantity):
-        raise _insufficient(blocks, organization_id, quantity)
-    hold_id = await ledger_service.reserve(
-        session, organization_id, batch.asset, quantity, reference=reference
+    await _lock_batch(session, batch_id)
+    return await hold_credits_locked(
+        session, organization_id, batch_id, quantity, reference=reference
     )
-    try:
-        change = serials.hold(blocks, organization_id, quantity, hold_id, new_id)
-    except serials.SerialError as exc:
-        raise _pure_error(exc) from exc
-    await repo.apply_change(session, change)
-    return hold_id
 
 
 def _has_active(blocks: list[serials.Block], holder: uuid.UUID, quantity: int) -> bool:
@@ -350,14 +341,8 @@ def _insufficient(
 async def release_credits(
     session: AsyncSession, batch_id: uuid.UUID, hold_id: uuid.UUID, quantity: int | None = None
 ) -> int:
-    batch, _ = await _lock_batch(session, batch_id)
-    blocks = await repo.live_blocks(session, batch.id, hold_id=hold_id)
-    try:
-        change = serials.release(blocks, hold_id, quantity, new_id)
-    except serials.SerialError as exc:
-        raise _pure_error(exc) from exc
-    await repo.apply_change(session, change)
-    return await ledger_service.release(session, hold_id, change.quantity)
+    await _lock_batch(session, batch_id)
+    return await release_credits_locked(session, batch_id, hold_id, quantity)
 
 
 async def settle_credits(
@@ -371,21 +356,12 @@ async def settle_credits(
 ) -> list[list[int]]:
     """Deliver held credits to a buyer. Returns the serial ranges delivered."""
     batch, _ = await _lock_batch(session, batch_id)
-    holder_blocks = await repo.live_blocks(session, batch.id, hold_id=hold_id)
-    buyer_blocks = await repo.live_blocks(session, batch.id, [to_organization_id])
-    blocks = {b.id: b for b in [*holder_blocks, *buyer_blocks]}
-    try:
-        change = serials.settle_hold(
-            list(blocks.values()), hold_id, to_organization_id, quantity, new_id
-        )
-    except serials.SerialError as exc:
-        raise _pure_error(exc) from exc
-    await repo.apply_change(session, change)
     destination = await ledger_service.account_id(
         session, to_organization_id, batch.asset, AccountKind.available
     )
-    await ledger_service.settle_hold(session, hold_id, destination, quantity, reference=reference)
-    return ranges_of(change.moved)
+    return await settle_credits_locked(
+        session, batch_id, hold_id, to_organization_id, destination, quantity, reference=reference
+    )
 
 
 async def settle_credits_many(
@@ -439,48 +415,15 @@ async def settle_credits_many(
     return {org: ranges_of(tuple(moves)) for org, moves in received.items()}
 
 
-# --- credit holds on the order path (the caller holds the batch lock) -------------------
-
-BLOCKS_CHANGED_SQLSTATE = "TN014"
+# --- credit holds under a batch lock the caller already holds ---------------------------
 #
-# ``hold_credits``, ``settle_credits`` and ``release_credits`` for a caller that has already
-# locked the batch (the market's ``lock_settlement`` locks every batch an order touches before
-# anything else): no second batch lock, one read of the live blocks, the block change in one
-# call and the ledger side in one call (``ledger_service.reserve``, ``settle_hold``,
-# ``release``). Same blocks, entries and errors.
+# ``hold_credits``, ``settle_credits`` and ``release_credits`` lock the batch and call these;
+# the order path calls them directly, having locked every batch an order touches up front in
+# id order (``app.market.service.lock_settlement``): one read of the live blocks, the block
+# change in one call and the ledger side in one call.
 
 
-_APPLY_CHANGE_SQL = "SELECT offset_apply_change($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-
-
-async def _apply_change_fast(session: AsyncSession, change: serials.BlockChange) -> None:
-    """``repo.apply_change`` in one round trip (``offset_apply_change``, migration 0013)."""
-    created = change.created
-    try:
-        await scalar_call(
-            session,
-            _APPLY_CHANGE_SQL,
-            [
-                [b.id for b in change.closed],
-                utc_now(),
-                [b.id for b in created],
-                [b.batch_id for b in created],
-                [b.holder for b in created],
-                [b.serial_start for b in created],
-                [b.serial_end for b in created],
-                [b.state.value for b in created],
-                [b.hold_ref for b in created],
-                [b.retirement_ref for b in created],
-                [",".join(str(p) for p in b.parent_ids) for b in created],
-            ],
-        )
-    except DatabaseRefusal as refusal:
-        if refusal.sqlstate == BLOCKS_CHANGED_SQLSTATE:
-            raise RuntimeError("serial blocks changed under a batch lock") from refusal
-        raise refusal.__cause__ or refusal from None
-
-
-async def hold_credits_fast(
+async def hold_credits_locked(
     session: AsyncSession,
     organization_id: uuid.UUID,
     batch_id: uuid.UUID,
@@ -488,7 +431,8 @@ async def hold_credits_fast(
     *,
     reference: str,
 ) -> uuid.UUID:
-    """``hold_credits`` under the caller's batch lock. Returns the hold id."""
+    """``hold_credits`` when the caller already holds the batch lock (the order path locks
+    all its batches up front, in id order). Returns the hold id."""
     blocks = await repo.live_blocks(session, batch_id, [organization_id])
     if not _has_active(blocks, organization_id, quantity):
         raise _insufficient(blocks, organization_id, quantity)
@@ -503,11 +447,11 @@ async def hold_credits_fast(
         change = serials.hold(blocks, organization_id, quantity, hold_id, new_id)
     except serials.SerialError as exc:
         raise _pure_error(exc) from exc
-    await _apply_change_fast(session, change)
+    await repo.apply_change(session, change)
     return hold_id
 
 
-async def settle_credits_fast(
+async def settle_credits_locked(
     session: AsyncSession,
     batch_id: uuid.UUID,
     hold_id: uuid.UUID,
@@ -524,12 +468,12 @@ async def settle_credits_fast(
         change = serials.settle_hold(blocks, hold_id, to_organization_id, quantity, new_id)
     except serials.SerialError as exc:
         raise _pure_error(exc) from exc
-    await _apply_change_fast(session, change)
+    await repo.apply_change(session, change)
     await ledger_service.settle_hold(session, hold_id, destination, quantity, reference=reference)
     return ranges_of(change.moved)
 
 
-async def release_credits_fast(
+async def release_credits_locked(
     session: AsyncSession, batch_id: uuid.UUID, hold_id: uuid.UUID, quantity: int | None = None
 ) -> int:
     """``release_credits`` under the caller's batch lock."""
@@ -538,7 +482,7 @@ async def release_credits_fast(
         change = serials.release(blocks, hold_id, quantity, new_id)
     except serials.SerialError as exc:
         raise _pure_error(exc) from exc
-    await _apply_change_fast(session, change)
+    await repo.apply_change(session, change)
     return await ledger_service.release(session, hold_id, change.quantity)
 
 
