@@ -164,24 +164,6 @@ async def test_each_scenario_leaves_what_the_model_says(
 
 
 class TestReserve:
-    async def test_opens_the_hold(self, session: AsyncSession, org: uuid.UUID) -> None:
-        await fund(session, org, 1_000)
-        hold_id = await ledger.reserve(session, org, CASH, 400, reference="order-1")
-        await session.commit()
-        assert await available_and_held(session, org) == (600, 400)
-        hold = await session.get(Hold, hold_id)
-        assert hold is not None
-        assert (hold.amount, hold.remaining, hold.status, hold.reference) == (
-            400,
-            400,
-            HoldStatus.active,
-            "order-1",
-        )
-        entry = await session.scalar(select(Entry).where(Entry.kind == "hold"))
-        assert entry is not None
-        assert entry.metadata_ == {"hold_id": str(hold_id)}
-        await assert_verified(session)
-
     async def test_creates_the_accounts_on_first_use(
         self, session: AsyncSession, org: uuid.UUID
     ) -> None:
