@@ -72,6 +72,20 @@ async def test_two_servers_many_clients_one_book(
         )
     )
 
+    # Close with one resting order on each side, priced outside the load's range (mid ± 15),
+    # so the book is compared on both sides whatever the interleaving left resting.
+    for side, price, server in (("sell", MID + 20, first), ("buy", MID - 20, second)):
+        client_order_id = f"closing-{side}"
+        body = {"product": m.code, "side": side, "type": "limit", "price": price, "quantity": 5}
+        body["client_order_id"] = client_order_id
+        headers = holdings[0].org.headers
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as c:
+            r = await c.post("/v1/orders", json=body)
+        assert r.status_code == 201, r.text
+        assert r.json()["status"] == "open"
+        load.acked[client_order_id] = r.json()
+        load.statuses["POST 201"] += 1
+
     assert load.unexpected == []
     assert load.in_flight == set()
     assert load.cancels_in_flight == set()
