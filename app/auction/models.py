@@ -45,6 +45,11 @@ class AuctionStatus(StrEnum):
 
 
 class BidStatus(StrEnum):
+    """A bid's status as the API shows it. Only ``active`` and ``withdrawn`` are stored:
+    once the auction is settled or cancelled, an active bid is ``won`` when it has an
+    allocation and ``lost`` otherwise (``service.bid_status``), so a close writes one row per
+    winning bid (its allocation), not one per bid."""
+
     active = "active"
     withdrawn = "withdrawn"
     won = "won"
@@ -166,7 +171,7 @@ class AuctionSupply(IdMixin, Base):
 class AuctionBid(IdMixin, TimestampMixin, Base):
     __tablename__ = "auction_bids"
     __table_args__ = (
-        CheckConstraint(values_in("status", BidStatus), name="status"),
+        CheckConstraint("status IN ('active', 'withdrawn')", name="status"),
         CheckConstraint("price > 0", name="price"),
         CheckConstraint("quantity > 0", name="quantity"),
         CheckConstraint(f"commitment ~ {HEX64}", name="commitment"),
@@ -191,9 +196,10 @@ class AuctionBid(IdMixin, TimestampMixin, Base):
     price: Mapped[int] = mapped_column(BigInteger, nullable=False)
     quantity: Mapped[int] = mapped_column(BigInteger, nullable=False)
     status: Mapped[BidStatus] = mapped_column(String(20), nullable=False)
-    # The cash hold (ledger.reserve) for price × quantity.
+    # The bidder's cash hold in this auction, shared by all its active bids: its remaining
+    # amount is the sum of their price × quantity (app.auction.service keeps it so).
     cash_hold_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("ledger_holds.id", ondelete="RESTRICT"), nullable=False, unique=True
+        ForeignKey("ledger_holds.id", ondelete="RESTRICT"), nullable=False
     )
     commitment: Mapped[str] = mapped_column(String(64), nullable=False)
     # Kept to be revealed by the post-clearing audit; returned to the bidder once.

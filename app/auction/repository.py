@@ -66,6 +66,21 @@ class BidRepository(Repository[AuctionBid]):
         row = (await self.session.execute(stmt)).one()
         return int(row[0]), int(row[1])
 
+    async def bidder_hold(self, auction_id: uuid.UUID, bidder_id: uuid.UUID) -> uuid.UUID | None:
+        """The cash hold the bidder's active bids share (None: it has none). Bids placed before
+        holds were shared (migration 0014) each have their own: the latest bid's is taken."""
+        hold: uuid.UUID | None = await self.session.scalar(
+            select(AuctionBid.cash_hold_id)
+            .where(
+                AuctionBid.auction_id == auction_id,
+                AuctionBid.bidder_organization_id == bidder_id,
+                AuctionBid.status == BidStatus.active,
+            )
+            .order_by(AuctionBid.submitted_seq.desc())
+            .limit(1)
+        )
+        return hold
+
     async def group_active_total(
         self, auction_id: uuid.UUID, group: str, *, exclude: uuid.UUID | None = None
     ) -> int:
@@ -137,7 +152,7 @@ class ResultRepository:
             select(AuctionBid.price, func.sum(AuctionBid.quantity).label("quantity"))
             .where(
                 AuctionBid.auction_id == auction_id,
-                AuctionBid.status.in_([BidStatus.won, BidStatus.lost]),
+                AuctionBid.status == BidStatus.active,  # of a cleared auction: took part
             )
             .group_by(AuctionBid.price)
             .subquery()
@@ -151,25 +166,11 @@ class ResultRepository:
         return [(int(price), int(cumulative)) for price, cumulative in rows.all()]
 
     async def cleared_bids(self, auction_id: uuid.UUID) -> list[AuctionBid]:
-        """The bids that took part in the clearing (won or lost), in submission order."""
+        """The bids that took part in the clearing (won or lost: the auction's bids still
+        active when it closed), in submission order."""
         rows = await self.session.scalars(
             select(AuctionBid)
-            .where(
-                AuctionBid.auction_id == auction_id,
-                AuctionBid.status.in_([BidStatus.won, BidStatus.lost]),
-            )
+            .where(AuctionBid.auction_id == auction_id, AuctionBid.status == BidStatus.active)
             .order_by(AuctionBid.submitted_seq)
         )
         return list(rows)
-
-
-async def active_bids(session: AsyncSession, auction_id: uuid.UUID) -> list[AuctionBid]:
-    """The auction's active bids, in submission order, locked (the close changes them all)."""
-    rows = await session.scalars(
-        select(AuctionBid)
-        .where(AuctionBid.auction_id == auction_id, AuctionBid.status == BidStatus.active)
-        .order_by(AuctionBid.submitted_seq)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return list(rows)

@@ -32,7 +32,7 @@ from app.auction.errors import (
     OwnAuction,
     TooManyBids,
 )
-from app.auction.models import Auction, AuctionBid, AuctionSeries, AuctionSupply
+from app.auction.models import Auction, AuctionBid, AuctionSeries, AuctionSupply, BidStatus
 from app.auction.schemas import (
     AllocationRead,
     AuctionCreate,
@@ -95,14 +95,16 @@ def auction_read(a: Auction) -> AuctionRead:
     )
 
 
-def bid_read(b: AuctionBid) -> BidRead:
+def bid_read(b: AuctionBid, status: BidStatus | None = None) -> BidRead:
+    """``status``: the bid's outcome once cleared (``service.bid_status``); a bid just placed
+    or amended shows its stored status."""
     return BidRead(
         id=b.id,
         auction_id=b.auction_id,
         price=b.price,
         quantity=b.quantity,
         amount=b.price * b.quantity,
-        status=b.status,
+        status=b.status if status is None else status,
         commitment=b.commitment,
         submitted_seq=b.submitted_seq,
         amendments=b.amendments,
@@ -181,7 +183,7 @@ async def list_bids(
     auction_id: uuid.UUID, session: SessionDep, principal: BidderDep
 ) -> list[BidRead]:
     bids = await auction_service.list_own_bids(session, principal.organization_id, auction_id)
-    return [bid_read(b) for b in bids]
+    return [bid_read(own.bid, own.status) for own in bids]
 
 
 @auctions.patch(

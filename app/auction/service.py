@@ -13,7 +13,10 @@ reads the bids, or sees the auction closed. One bidder's bids in one auction are
 an advisory lock, and, when the bidder belongs to a corporate group, the whole group's by
 another one taken first, so the caps (``max_bids_per_bidder`` over the bidder's active bids,
 ``max_bidder_quantity`` over the bidder's and over its group's) hold under concurrency; cash
-is held by the ledger, which refuses to go below zero. The group is the organisation's
+is held by the ledger, which refuses to go below zero. A bidder has one cash hold per auction,
+shared by its active bids and always equal to the sum of their ``price × quantity``: placing a
+bid grows it (``ledger.add_to_hold``), withdrawing one gives back that bid's part, amending
+one changes it by the difference, so the close settles one hold per bidder. The group is the organisation's
 ``group`` when the bid is placed, stored on the bid: the caps, the close and the audit all use
 that one.
 
@@ -278,6 +281,10 @@ async def _check_quantity_caps(
         )
 
 
+def bidder_hold_reference(auction_id: uuid.UUID, bidder_id: uuid.UUID) -> str:
+    return f"auction:{auction_id}:bidder:{bidder_id}"
+
+
 async def place_bid(
     session: AsyncSession,
     bidder_id: uuid.UUID,
@@ -306,13 +313,19 @@ async def place_bid(
         )
     await _check_quantity_caps(bids, auction, bidder_id, group, quantity)
 
-    hold_id = await ledger_service.reserve(
-        session,
-        bidder_id,
-        ledger_service.CASH,
-        price * quantity,
-        reference=f"auction:{auction.id}:bid:{bid_id}",
-    )
+    hold_id = await bids.bidder_hold(auction.id, bidder_id)
+    if hold_id is None:
+        hold_id = await ledger_service.reserve(
+            session,
+            bidder_id,
+            ledger_service.CASH,
+            price * quantity,
+            reference=bidder_hold_reference(auction.id, bidder_id),
+        )
+    else:
+        await ledger_service.add_to_hold(
+            session, hold_id, price * quantity, reference=f"auction:{auction.id}:bid:{bid_id}"
+        )
     nonce = commitments.new_nonce()
     now = utc_now()
     bid = bids.add(
@@ -348,9 +361,9 @@ async def amend_bid(
     """Change an active bid's price and/or quantity while the auction is open.
 
     The same checks as placing it (bid format, public floor, caps with this bid's old
-    quantity left out); the group stays the one captured when the bid was placed. The cash
-    hold is released and a new one taken for the new ``price × quantity`` in this
-    transaction, so a shortfall (409) leaves the bid and its hold as they were. The content
+    quantity left out); the group stays the one captured when the bid was placed. The
+    bidder's cash hold grows or shrinks by the change of ``price × quantity`` in this
+    transaction, so a shortfall (409) leaves the bid and the hold as they were. The content
     changed, so the bid gets a new nonce and commitment (the audit publishes the final ones).
 
     Time priority (``time_priority`` ties): an amendment that only lowers the quantity keeps
@@ -378,11 +391,13 @@ async def amend_bid(
         raise InvalidBid(reasons)
     await _check_quantity_caps(bids, auction, bidder_id, group, new_quantity, exclude=bid.id)
 
+    # The bidder's hold grows or shrinks by the change of this bid's guarantee.
+    change = new_price * new_quantity - bid.price * bid.quantity
     reference = f"auction:{auction.id}:bid:{bid.id}"
-    await ledger_service.release(session, bid.cash_hold_id, reference=reference)
-    bid.cash_hold_id = await ledger_service.reserve(
-        session, bidder_id, ledger_service.CASH, new_price * new_quantity, reference=reference
-    )
+    if change > 0:
+        await ledger_service.add_to_hold(session, bid.cash_hold_id, change, reference=reference)
+    elif change < 0:
+        await ledger_service.release(session, bid.cash_hold_id, -change, reference=reference)
     keeps_place = new_price == bid.price and new_quantity <= bid.quantity
     if not keeps_place:
         bid.submitted_seq = await bids.next_submitted_seq()
@@ -399,11 +414,32 @@ async def amend_bid(
     return PlacedBid(bid=bid, nonce=nonce)
 
 
+def bid_status(auction: Auction, bid: AuctionBid, allocated: bool) -> BidStatus:
+    """The status the API shows: the stored one (``active``, ``withdrawn``) until the auction
+    is cleared, then, for a bid still active at the close, ``won`` when it has an allocation
+    (``allocated``) and ``lost`` otherwise. Nothing else decides a bid's outcome, so the close
+    writes only the winners' allocations."""
+    if bid.status == BidStatus.active and AuctionStatus(auction.status) in PUBLISHED:
+        return BidStatus.won if allocated else BidStatus.lost
+    return BidStatus(bid.status)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnBid:
+    bid: AuctionBid
+    status: BidStatus
+
+
 async def list_own_bids(
     session: AsyncSession, bidder_id: uuid.UUID, auction_id: uuid.UUID
-) -> list[AuctionBid]:
-    await get_auction(session, auction_id)
-    return await BidRepository(session).list_own(auction_id, bidder_id)
+) -> list[OwnBid]:
+    auction = await get_auction(session, auction_id)
+    bids = await BidRepository(session).list_own(auction_id, bidder_id)
+    allocated: set[uuid.UUID] = set()
+    if AuctionStatus(auction.status) in PUBLISHED:
+        own = await ResultRepository(session).allocations(auction.id, bidder_id)
+        allocated = {a.bid_id for a in own}
+    return [OwnBid(b, bid_status(auction, b, b.id in allocated)) for b in bids]
 
 
 async def withdraw_bid(
@@ -419,7 +455,13 @@ async def withdraw_bid(
     _require_open(auction)
     if bid.status != BidStatus.active:
         raise BidNotActive(f"The bid is {bid.status}.", bid_status=str(bid.status))
-    await ledger_service.release(session, bid.cash_hold_id)
+    # Only this bid's part of the bidder's hold: the rest still guarantees its other bids.
+    await ledger_service.release(
+        session,
+        bid.cash_hold_id,
+        bid.price * bid.quantity,
+        reference=f"auction:{auction.id}:bid:{bid.id}",
+    )
     bid.status = BidStatus.withdrawn
     bid.updated_at = utc_now()
     await session.flush()

@@ -9,10 +9,11 @@ jobs):
    auction settled (409 ``auction_not_open``). ``closes_at`` becomes now if still ahead.
    For an auction of a series with ``carry_over``, the series row and the series' next
    auction that has not opened yet are locked too (the carry-over's destination).
-2. Clears the active bids with :func:`app.auction.clearing.clear` (the rules fixed at
-   creation, the committed seed) and stores the results, one allocation per winning bid (one
-   ``INSERT … SELECT FROM unnest``) and each active bid's new status (one ``UPDATE`` for the
-   winners, one for the rest: ``lost``).
+2. Clears the active bids (read straight through the driver) with
+   :func:`app.auction.clearing.clear` (the rules fixed at creation, the committed seed) and
+   stores the results: one allocation per winning bid (one ``INSERT … SELECT FROM unnest``).
+   Bid rows are not rewritten: a bid active at the close is ``won`` exactly when it has an
+   allocation, else ``lost`` (``service.bid_status``).
 3. Credits: the sold quantity is drawn from the supply rows pro rata to their quantities
    (:func:`pro_rata`: floor, then the largest remainders, ties to the earlier row; rows in
    batch id order, then creation order). The winners, in clearing order (``submitted_seq``),
@@ -20,10 +21,11 @@ jobs):
    (``offsets.settle_credits_many``: its deliveries summed per winner, then the rest of the
    row released to its seller), so a winner gets whole serial blocks of each batch.
 4. Cash: the revenue is split between the sellers pro rata to what each sold (largest
-   remainder, sums exact; :func:`split_proceeds`), each bid's payment is routed to sellers in
-   order (:func:`route_payments`), and every active bid's hold is settled in ONE
-   ``ledger.settle_holds`` call: it pays the bid's amount to the sellers' available JPY and
-   releases the rest (a losing bid: all of it), with one ledger entry per bidder.
+   remainder, sums exact; :func:`pro_rata`), each bid's payment is routed to sellers in
+   order (:func:`route_payments`), and every bidder's hold (its active bids share one, sized
+   to their sum) is settled in ONE ``ledger.settle_holds`` call: it pays the bidder's winning
+   amounts to the sellers' available JPY and releases the rest (a bidder that won nothing:
+   all of it), with one ledger entry per bidder.
 5. Carry-over: the creator's unsold credits (its own rows; consigned rows always go back to
    their sellers), rounded down to the series' ``quantity_step``, are held again for the
    series: added to the next auction's supply if it exists and has not opened, else recorded
@@ -35,12 +37,11 @@ jobs):
 Every step is batched: a close costs a fixed number of statements plus a few per supply row
 and per carried batch, whatever the number of bids (``bench/auction_close``).
 
-Locks, always in this order: auction row → series row → the next auction's row → bid rows
-(taken by the bulk UPDATE; every other change of a bid first takes the auction row, so the
-bids read before it cannot change) → batches (ascending id: the supply rows are in batch id order and settled in that order, and
+Locks, always in this order: auction row (every change of a bid first takes it, so the bids
+read after it cannot change) → series row → the next auction's row → batches (ascending id: the supply rows are in batch id order and settled in that order, and
 carried credits are held again afterwards, in batch id order, under locks already held) →
 their credit holds and credit accounts (under the batch lock, as every registry operation
-does) → the bids' cash holds (one ``SELECT … FOR UPDATE`` in hold id order) → every cash
+does) → the bidders' cash holds (one ``SELECT … FOR UPDATE`` in hold id order) → every cash
 account touched (one posting call, which locks its accounts in account id order).
 
 Any error (the clearing refusing its input included) propagates and the request's single
@@ -55,9 +56,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import Row, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auction import clearing
@@ -75,11 +75,11 @@ from app.auction.models import (
     AuctionSeries,
     AuctionStatus,
     AuctionSupply,
-    BidStatus,
 )
 from app.auction.repository import AuctionRepository
 from app.auction.service import rules_of
 from app.core.time import utc_now
+from app.db.driver import fetch_rows
 from app.ledger import service as ledger_service
 from app.ledger.models import AccountKind
 from app.offsets import service as offsets_service
@@ -190,10 +190,8 @@ async def close_auction(
         auction.closes_at = now
     target = await _carry_target(session, auction, now)
 
-    bids = await _active_bids(session, auction.id)
-    entered = [clearing_bid(cast(AuctionBid, b)) for b in bids]
+    entered, hold_of = await _active_bids(session, auction.id)
     result = clearing.clear(rules_of(auction), entered)
-    cash_holds = [(e.id, b.cash_hold_id) for e, b in zip(entered, bids, strict=True)]
 
     supply = sorted(auction.supply, key=lambda s: (s.batch_id, s.created_at, s.id))
     draws = pro_rata(result.sold_quantity, [s.quantity for s in supply])
@@ -212,9 +210,9 @@ async def close_auction(
     result_row = _result_row(auction, result, now)
     session.add(result_row)
     await session.flush()
-    await _record_bids(session, auction, result, now)
+    await _record_allocations(session, auction, result)
     await _deliver_credits(session, auction, supply, draws, result.allocations)
-    await _settle_cash(session, auction, cash_holds, result, sellers, proceeds_by_seller)
+    await _settle_cash(session, auction, hold_of, result, sellers, proceeds_by_seller)
     if target is not None:
         await _carry_over(session, auction, supply, draws, target, result_row, now)
 
@@ -289,27 +287,29 @@ def _result_row(auction: Auction, result: clearing.ClearingResult, now: datetime
     )
 
 
+_ACTIVE_BIDS_SQL = (
+    'SELECT id::text, bidder_organization_id::text, price, quantity, submitted_seq, "group",'
+    " cash_hold_id::text FROM auction_bids WHERE auction_id = $1 AND status = 'active'"
+    " ORDER BY submitted_seq"
+)
+
+
 async def _active_bids(
     session: AsyncSession, auction_id: uuid.UUID
-) -> Sequence[Row[uuid.UUID, uuid.UUID, int, int, int, str | None, uuid.UUID]]:
-    """The auction's active bids in submission order, as rows of the columns ``clearing_bid``
-    reads and the cash hold: 100,000 ORM objects would cost seconds. Not locked one by one:
-    every change of a bid (place, amend, withdraw) first takes the auction row ``FOR SHARE``,
-    which the close holds ``FOR UPDATE``; the close's own UPDATE then locks them."""
-    rows = await session.execute(
-        select(
-            AuctionBid.id,
-            AuctionBid.bidder_organization_id,
-            AuctionBid.price,
-            AuctionBid.quantity,
-            AuctionBid.submitted_seq,
-            AuctionBid.group,
-            AuctionBid.cash_hold_id,
+) -> tuple[list[clearing.Bid], dict[str, str]]:
+    """The auction's active bids in submission order, for the clearing, and each one's cash
+    hold (bid id → hold id, as text). Read straight through the driver with the ids as text:
+    100,000 ORM objects or SQLAlchemy rows would cost seconds. Not locked one by one: every
+    change of a bid (place, amend, withdraw) first takes the auction row ``FOR SHARE``, which
+    the close holds ``FOR UPDATE``."""
+    rows = await fetch_rows(session, _ACTIVE_BIDS_SQL, [auction_id])
+    entered = [
+        clearing.Bid(
+            id=bid_id, bidder=bidder, price=price, quantity=quantity, submitted_seq=seq, group=group
         )
-        .where(AuctionBid.auction_id == auction_id, AuctionBid.status == BidStatus.active)
-        .order_by(AuctionBid.submitted_seq)
-    )
-    return rows.all()
+        for bid_id, bidder, price, quantity, seq, group, _ in rows
+    ]
+    return entered, {row[0]: row[6] for row in rows}
 
 
 _INSERT_ALLOCATIONS = text(
@@ -320,22 +320,14 @@ _INSERT_ALLOCATIONS = text(
     " CAST(:quantities AS bigint[]), CAST(:prices AS bigint[]), CAST(:amounts AS bigint[]),"
     " CAST(:ties AS boolean[])) AS a(id, bid_id, bidder, quantity, price, amount, tie)"
 )
-_MARK_WON = text(
-    "UPDATE auction_bids b SET status = 'won', updated_at = :now"
-    " FROM unnest(CAST(:won AS uuid[])) AS w(id)"
-    " WHERE b.id = w.id AND b.auction_id = :auction_id AND b.status = 'active'"
-)
-_MARK_LOST = text(
-    "UPDATE auction_bids SET status = 'lost', updated_at = :now"
-    " WHERE auction_id = :auction_id AND status = 'active'"
-)
 
 
-async def _record_bids(
-    session: AsyncSession, auction: Auction, result: clearing.ClearingResult, now: datetime
+async def _record_allocations(
+    session: AsyncSession, auction: Auction, result: clearing.ClearingResult
 ) -> None:
-    """One allocation row per winning bid and every active bid won or lost: three
-    statements whatever the count."""
+    """One allocation row per winning bid, in one statement whatever the count. The bids
+    themselves are not written: a bid still active when its auction is cleared is won
+    exactly when it has an allocation (``service.bid_status``)."""
     allocations = result.allocations
     # The clearing's ids are uuid strings: the driver encodes them into uuid[] as they are.
     won = list(allocations.bid_ids)
@@ -353,8 +345,6 @@ async def _record_bids(
                 "ties": list(allocations.tie_selected),
             },
         )
-        await session.execute(_MARK_WON, {"won": won, "now": now, "auction_id": auction.id})
-    await session.execute(_MARK_LOST, {"now": now, "auction_id": auction.id})
 
 
 async def _deliver_credits(
@@ -393,14 +383,16 @@ async def _deliver_credits(
 async def _settle_cash(
     session: AsyncSession,
     auction: Auction,
-    cash_holds: list[tuple[str, uuid.UUID]],
+    hold_of: dict[str, str],
     result: clearing.ClearingResult,
     sellers: list[uuid.UUID],
     proceeds: list[int],
 ) -> None:
-    """Every active bid's hold in one ``settle_holds``: winners pay their amount to the
-    sellers (routed in order so each seller gets exactly its proceeds), the rest released."""
-    if not cash_holds:
+    """Every bidder's hold in one ``settle_holds``: its winning bids' amounts go to the
+    sellers (routed in order so each seller gets exactly its proceeds, summed per seller),
+    the rest is released. A bidder's active bids share one hold (``hold_of``; bids placed
+    before holds were shared have one each)."""
+    if not hold_of:
         return
     accounts = await ledger_service.ensure_accounts(
         session, [(s, ledger_service.CASH, AccountKind.available) for s in sellers]
@@ -408,15 +400,17 @@ async def _settle_cash(
     destination = [accounts[(s, ledger_service.CASH, AccountKind.available)] for s in sellers]
     allocations = result.allocations
     routes = route_payments(allocations.amounts, proceeds)
-    payouts = {
-        bid_id: [(destination[seller], amount) for seller, amount in pieces]
-        for bid_id, pieces in zip(allocations.bid_ids, routes, strict=True)
-    }
+    payouts: dict[str, dict[uuid.UUID, int]] = {hold: {} for hold in hold_of.values()}
+    for bid_id, pieces in zip(allocations.bid_ids, routes, strict=True):
+        paid = payouts[hold_of[bid_id]]
+        for seller, amount in pieces:
+            account = destination[seller]
+            paid[account] = paid.get(account, 0) + amount
     await ledger_service.settle_holds(
         session,
         [
-            ledger_service.HoldSettlement(hold_id, payouts.get(bid_id, ()), release_rest=True)
-            for bid_id, hold_id in cash_holds
+            ledger_service.HoldSettlement(uuid.UUID(hold), list(paid.items()), release_rest=True)
+            for hold, paid in payouts.items()
         ],
         kind=SETTLEMENT_KIND,
         reference=f"auction:{auction.id}",

@@ -48,3 +48,15 @@ async def scalar_call(session: AsyncSession, sql: str, args: Sequence[Any]) -> A
             str(cause or orig or exc),
             getattr(cause, "constraint_name", None),
         ) from exc
+
+
+async def fetch_rows(session: AsyncSession, sql: str, args: Sequence[Any]) -> list[Any]:
+    """Every row of ``sql`` (``$1``, ``$2``… placeholders) as asyncpg records, for reads of
+    tens of thousands of rows (an auction close's bids), where building SQLAlchemy rows costs
+    more than the query. The session's transaction must be open (a lock taken before)."""
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    if driver is None or not driver.is_in_transaction():
+        raise RuntimeError("fetch_rows runs inside the session's open transaction")
+    rows: list[Any] = await driver.fetch(sql, *args)
+    return rows

@@ -208,6 +208,7 @@ def _translate_sqlstate(sqlstate: str | None, message: str) -> Exception | None:
 
 _RESERVE_FAST_SQL = "SELECT ledger_hold_reserve($1, $2, $3, $4, $5, $6)"
 _TAKE_FAST_SQL = "SELECT ledger_hold_take($1, $2, $3, $4, $5, $6, $7)"
+_ADD_FAST_SQL = "SELECT ledger_hold_add($1, $2, $3, $4)"  # migration 0014
 HOLD_NOT_FOUND_SQLSTATE = "TN011"
 HOLD_NOT_ACTIVE_SQLSTATE = "TN012"
 HOLD_AMOUNT_SQLSTATE = "TN013"
@@ -271,6 +272,17 @@ async def reserve(
         hold_id,
     )
     return hold_id
+
+
+async def add_to_hold(
+    session: AsyncSession, hold_id: uuid.UUID, amount: int, *, reference: str | None = None
+) -> None:
+    """Grow an active hold by ``amount``: move it from the owner's available to its held
+    account and add it to the hold's amount and remaining, in one round trip
+    (``ledger_hold_add``). A shortfall is ``InsufficientBalance`` and changes nothing; shrink
+    a hold with ``release(hold_id, amount)``."""
+    _check_amount(amount)
+    await _hold_call(session, _ADD_FAST_SQL, [hold_id, new_id(), amount, reference], hold_id)
 
 
 async def settle_hold(
