@@ -15,8 +15,16 @@
   ``active``; the upgrade first checks that ``won`` matched the allocations, so nothing is
   lost, and the downgrade writes them back from the allocations.
 
+- ``auction_allocations`` has one foreign key, ``(bid_id, auction_id, bidder_organization_id)``
+  to the same columns of ``auction_bids`` (unique there), instead of one to each of bids,
+  auctions and organisations: a close inserts an allocation per winning bid, and each foreign
+  key costs a check (and a row lock) per row. The bid's own keys reach the auction and the
+  organisation, and the allocation can no longer disagree with its bid. The allocations'
+  index on the bidder alone served only the dropped key: every read filters by auction.
+
 Written by hand; the model drops the unique constraint and narrows the status check too
-(``alembic check`` compares the first and ignores functions and check constraints).
+(``alembic check`` compares the constraints, keys and indexes, and ignores functions and
+check constraints).
 
 Revision ID: 0014
 Revises: 0013
@@ -33,6 +41,15 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 UP = [
+    "ALTER TABLE auction_bids ADD CONSTRAINT auction_bids_id_auction_id_bidder_organization_id_key"
+    " UNIQUE (id, auction_id, bidder_organization_id)",
+    "ALTER TABLE auction_allocations ADD CONSTRAINT auction_allocations_bid_fkey"
+    " FOREIGN KEY (bid_id, auction_id, bidder_organization_id)"
+    " REFERENCES auction_bids (id, auction_id, bidder_organization_id) ON DELETE RESTRICT",
+    "ALTER TABLE auction_allocations DROP CONSTRAINT auction_allocations_bid_id_fkey,"
+    " DROP CONSTRAINT auction_allocations_auction_id_fkey,"
+    " DROP CONSTRAINT auction_allocations_bidder_organization_id_fkey",
+    "DROP INDEX ix_auction_allocations_bidder_organization_id",
     "ALTER TABLE auction_bids DROP CONSTRAINT auction_bids_cash_hold_id_key",
     # Stored won ⇔ has an allocation, or the upgrade stops (no information may be dropped).
     """
@@ -104,6 +121,18 @@ DOWN = [
     """,
     # Only possible while no two bids share a hold (every shared hold settled or released).
     "ALTER TABLE auction_bids ADD CONSTRAINT auction_bids_cash_hold_id_key UNIQUE (cash_hold_id)",
+    "CREATE INDEX ix_auction_allocations_bidder_organization_id"
+    " ON auction_allocations (bidder_organization_id)",
+    "ALTER TABLE auction_allocations"
+    " ADD CONSTRAINT auction_allocations_auction_id_fkey FOREIGN KEY (auction_id)"
+    " REFERENCES auctions (id) ON DELETE RESTRICT,"
+    " ADD CONSTRAINT auction_allocations_bid_id_fkey FOREIGN KEY (bid_id)"
+    " REFERENCES auction_bids (id) ON DELETE RESTRICT,"
+    " ADD CONSTRAINT auction_allocations_bidder_organization_id_fkey"
+    " FOREIGN KEY (bidder_organization_id) REFERENCES organizations (id) ON DELETE RESTRICT",
+    "ALTER TABLE auction_allocations DROP CONSTRAINT auction_allocations_bid_fkey",
+    "ALTER TABLE auction_bids"
+    " DROP CONSTRAINT auction_bids_id_auction_id_bidder_organization_id_key",
 ]
 
 
