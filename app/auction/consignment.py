@@ -64,8 +64,7 @@ async def consign(
         created_at=now,
     )
     session.add(lot)
-    auction.supply_quantity += body.quantity
-    auction.updated_at = now
+    auction.add_supply(body.quantity, now)
     await session.flush()
     return lot
 

@@ -57,6 +57,12 @@ class BidStatus(StrEnum):
     lost = "lost"
 
 
+def share_cap(supply: int, share_bps: int, quantity_step: int) -> int:
+    """The absolute cap a share of ``supply`` converts to: rounded down to a whole step (the
+    clearing cuts in steps), but never below one step (a cap of 0 would refuse every bid)."""
+    return max(supply * share_bps // 10_000 // quantity_step * quantity_step, quantity_step)
+
+
 class Auction(IdMixin, TimestampMixin, Base):
     __tablename__ = "auctions"
     __table_args__ = (
@@ -129,6 +135,17 @@ class Auction(IdMixin, TimestampMixin, Base):
     supply: Mapped[list[AuctionSupply]] = relationship(
         lazy="raise", order_by="AuctionSupply.batch_id", foreign_keys="AuctionSupply.auction_id"
     )
+
+    def add_supply(self, quantity: int, now: datetime) -> None:
+        """Grow the supply (a consignment, a carry-over; only before bidding opens) and, when
+        the cap was given as a share, the absolute cap with it: the share applies to the
+        supply that is finally sold, not to the creator's first lots."""
+        self.supply_quantity += quantity
+        if self.max_bidder_share_bps is not None:
+            self.max_bidder_quantity = share_cap(
+                self.supply_quantity, self.max_bidder_share_bps, self.quantity_step
+            )
+        self.updated_at = now
 
 
 class AuctionSupply(IdMixin, Base):

@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from app.auction.clearing import ClearingFormat, ClearingStatus, TieBreak, Undersubscribed
-from app.auction.models import AuctionStatus, BidStatus
+from app.auction.models import AuctionStatus, BidStatus, share_cap
 
 MAX_QUANTITY = 1_000_000_000  # credits
 MAX_PRICE = 1_000_000_000  # JPY per credit; price × quantity stays within BIGINT
@@ -33,16 +33,11 @@ UNDERSUBSCRIBED = (
 )
 SHARE_BPS = (
     "The per-bidder (and per-group) cap as a share of the supply, in basis points "
-    "(2500 = 25%): converted at creation to `max_bidder_quantity` = supply × bps / 10000, "
-    "rounded down to a multiple of `quantity_step`, at least one step. Give this or "
+    "(2500 = 25%): converted to `max_bidder_quantity` = supply × bps / 10000, rounded "
+    "down to a multiple of `quantity_step`, at least one step; recomputed whenever the supply "
+    "grows before bidding opens (consignments, carry-over). Give this or "
     "`max_bidder_quantity`, not both."
 )
-
-
-def share_cap(supply: int, share_bps: int, quantity_step: int) -> int:
-    """The absolute cap a share of ``supply`` converts to: rounded down to a whole step (the
-    clearing cuts in steps), but never below one step (a cap of 0 would refuse every bid)."""
-    return max(supply * share_bps // 10_000 // quantity_step * quantity_step, quantity_step)
 
 
 class Strict(BaseModel):

@@ -187,7 +187,7 @@ async def attach_pending_carry_over(
                 created_at=now,
             )
         )
-        auction.supply_quantity += quantity
+        auction.add_supply(quantity, now)
         origins.add(uuid.UUID(item["from_auction_id"]))
     auction.updated_at = now
     await session.execute(

@@ -468,8 +468,7 @@ async def _carry_over(
                     created_at=now,
                 )
             )
-            following.supply_quantity += quantity
-            following.updated_at = now
+            following.add_supply(quantity, now)
         else:
             pending.append(
                 {

@@ -22,6 +22,7 @@ from tests.auction.helpers import (
     cash,
     closed,
     create_auction,
+    place,
     placed,
     results,
     set_window,
@@ -99,6 +100,29 @@ class TestConsign:
             f"/v1/auctions/{auction['id']}/consignments", headers=stranger.headers
         )
         assert theirs.json() == []
+        await assert_books_clean(session)
+
+    async def test_a_share_cap_grows_with_the_consigned_supply(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        """The cap given as a share applies to the supply that is sold, consignments included:
+        25% of 600 t is 150 t at creation, of 1,000 t after a 400 t consignment, 250 t."""
+        auction, _ = await scheduled_auction(
+            client, 600, quantity_step=10, max_bidder_share_bps=2_500
+        )
+        assert auction["max_bidder_quantity"] == 150
+        org, batch_id = await consignor(client)
+        assert (await consign(client, org, auction, batch_id, 400)).status_code == 201
+        got = (await client.get(f"/v1/auctions/{auction['id']}", headers=org.headers)).json()
+        assert (got["supply_quantity"], got["max_bidder_quantity"]) == (1_000, 250)
+        assert got["max_bidder_share_bps"] == 2_500
+
+        await open_now(session, auction)
+        a = await create_org(client)
+        await deposit(client, a, 1_000_000)
+        refused = await place(client, a, auction, 100, 260)
+        assert_problem(refused, 409, "bidder_quantity_exceeded")
+        await placed(client, a, auction, 100, 250)
         await assert_books_clean(session)
 
     async def test_a_replayed_consignment_holds_once(
