@@ -295,6 +295,9 @@ async def place_bid(
     auction = await _lock_open_auction(session, auction_id)
     if auction.created_by_organization_id == bidder_id:
         raise OwnAuction("An auction's creator cannot bid in it.")
+    if any(lot.seller_organization_id == bidder_id for lot in auction.supply):
+        # A seller bidding for its own credits could set the price it is paid (shill bidding).
+        raise OwnAuction("An organisation that consigned credits to an auction cannot bid in it.")
     _require_open(auction)
     bid_id = new_id()
     reasons = _bid_reasons(auction, bid_id, price, quantity)

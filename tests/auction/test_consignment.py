@@ -125,6 +125,18 @@ class TestConsign:
         await placed(client, a, auction, 100, 250)
         await assert_books_clean(session)
 
+    async def test_a_consignor_cannot_bid_in_the_auction(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        auction, _ = await scheduled_auction(client)
+        org, batch_id = await consignor(client)
+        assert (await consign(client, org, auction, batch_id, 400)).status_code == 201
+        await deposit(client, org, 1_000_000)
+        await open_now(session, auction)
+        assert_problem(await place(client, org, auction, 100, 10), 403, "own_auction")
+        assert (await cash(client, org)) == (1_000_000, 0)
+        await assert_books_clean(session)
+
     async def test_a_replayed_consignment_holds_once(
         self, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:
