@@ -1,8 +1,9 @@
-"""``Idempotency-Key`` on every POST, stored in PostgreSQL so it holds across processes.
+"""``Idempotency-Key`` on every POST and PATCH, stored in PostgreSQL so it holds across
+processes.
 
 How it works (a pure ASGI middleware):
 
-1. A POST carrying ``Idempotency-Key`` and a bearer key is handled inside one database
+1. A POST or PATCH carrying ``Idempotency-Key`` and a bearer key is handled inside one database
    transaction that the middleware opens. Keys are scoped to the caller (the SHA-256 of its
    API key, the same digest that is stored at rest).
 2. ``pg_try_advisory_xact_lock`` on (caller, key): if another request holds it, the first is
@@ -116,13 +117,18 @@ async def _send_json(send: Send, response: Any) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
+# The methods a retry could apply twice: creations (POST) and amendments (PATCH; a replayed
+# bid amendment must not draw a second nonce). GET is safe; DELETE ends in a state.
+IDEMPOTENT_METHODS = frozenset({"POST", "PATCH"})
+
+
 class IdempotencyMiddleware:
     def __init__(self, app: ASGIApp, authenticate: Authenticate) -> None:
         self.app = app
         self.authenticate = authenticate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] not in IDEMPOTENT_METHODS:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])

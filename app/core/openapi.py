@@ -3,7 +3,7 @@
 FastAPI documents a route's errors under ``application/json`` and adds its own
 ``HTTPValidationError`` for 422, but every error this service sends is an
 ``application/problem+json`` document (``Problem``; ``ValidationProblem`` for 422). And every
-``POST`` takes an ``Idempotency-Key`` header, which the middleware (not a route) handles.
+``POST`` and ``PATCH`` accepts an ``Idempotency-Key`` header, which the middleware (not a route) handles.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.core.errors import PROBLEM_MEDIA_TYPE, Problem, ValidationProblem
-from app.core.idempotency import MAX_KEY_LENGTH
+from app.core.idempotency import IDEMPOTENT_METHODS, MAX_KEY_LENGTH
 
 _SCHEMA_REF = "#/components/schemas/{model}"
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -75,7 +75,7 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     for operations in schema.get("paths", {}).values():
         for method, operation in operations.items():
             responses: dict[str, Any] = operation.setdefault("responses", {})
-            if method == "post":
+            if method.upper() in IDEMPOTENT_METHODS:
                 parameters = operation.setdefault("parameters", [])
                 if not any(p.get("name", "").lower() == "idempotency-key" for p in parameters):
                     parameters.append(dict(IDEMPOTENCY_PARAMETER))

@@ -553,6 +553,30 @@ class TestAmend:
 
 
 @pytest.mark.concurrency
+class TestAmendIdempotency:
+    async def test_a_replayed_amendment_applies_once_and_returns_the_same_nonce(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        seller = await auctioneer(client)
+        auction = await create_auction(client, seller)
+        a = await bidder(client)
+        bid = await placed(client, a, auction, 100, 100)
+        url = f"/v1/auctions/{auction['id']}/bids/{bid['id']}"
+        headers = {**a.headers, "Idempotency-Key": "amend-1"}
+        first = await client.patch(url, json={"quantity": 150}, headers=headers)
+        again = await client.patch(url, json={"quantity": 150}, headers=headers)
+        assert (first.status_code, again.status_code) == (200, 200)
+        assert again.headers.get("idempotent-replayed") == "true"
+        assert again.json() == first.json()
+        assert first.json()["amendments"] == 1
+        (listed,) = await own_bids(client, a, auction)
+        assert (listed["amendments"], listed["quantity"]) == (1, 150)
+        assert await cash(client, a) == (FUNDS - 15_000, 15_000)
+        other = await client.patch(url, json={"quantity": 160}, headers=headers)
+        assert_problem(other, 422, "idempotency_key_reused")
+        await assert_books_clean(session)
+
+
 class TestAmendRace:
     async def test_an_amendment_racing_the_close_is_refused_and_changes_nothing(
         self, client: httpx.AsyncClient, engine: AsyncEngine
