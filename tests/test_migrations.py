@@ -185,3 +185,227 @@ class TestModelsMatchMigrations:
     def test_alembic_check(self, fresh_database_url: str) -> None:
         upgrade(fresh_database_url)
         in_thread(lambda: command.check(alembic_config(fresh_database_url)))
+
+
+# --- 0014: bid outcomes derived, not stored ------------------------------------------------
+
+
+async def _run(url: str, statements: list[str], fetch: str | None) -> list[Any]:
+    conn = await asyncpg.connect(libpq_url(url))
+    try:
+        async with conn.transaction():
+            for statement in statements:
+                await conn.execute(statement)
+        return [] if fetch is None else [tuple(r) for r in await conn.fetch(fetch)]
+    finally:
+        await conn.close()
+
+
+def run_sql(url: str, *statements: str, fetch: str | None = None) -> list[Any]:
+    """Run ``statements`` in one transaction, then ``fetch`` (rows as tuples)."""
+    return in_thread(lambda: asyncio.run(_run(url, list(statements), fetch)))
+
+
+def version(url: str) -> str:
+    (row,) = run_sql(url, fetch="SELECT version_num FROM alembic_version")
+    return str(row[0])
+
+
+HEX = "ab" * 32
+SELLER, BIDDER = "00000000-0000-7000-8000-0000000000a1", "00000000-0000-7000-8000-0000000000b1"
+SETTLED, CANCELLED, OPEN = (
+    "00000000-0000-7000-8000-00000000a001",
+    "00000000-0000-7000-8000-00000000a002",
+    "00000000-0000-7000-8000-00000000a003",
+)
+# bid id → (auction, status stored at 0013, allocated)
+BIDS_0013 = {
+    "00000000-0000-7000-8000-00000000b001": (SETTLED, "won", True),
+    "00000000-0000-7000-8000-00000000b002": (SETTLED, "lost", False),
+    "00000000-0000-7000-8000-00000000b003": (SETTLED, "withdrawn", False),
+    "00000000-0000-7000-8000-00000000b004": (SETTLED, "won", True),
+    "00000000-0000-7000-8000-00000000b005": (CANCELLED, "lost", False),
+    "00000000-0000-7000-8000-00000000b006": (OPEN, "active", False),
+    "00000000-0000-7000-8000-00000000b007": (OPEN, "withdrawn", False),
+}
+
+
+def _auction_sql(auction_id: str, status: str) -> str:
+    return (
+        "INSERT INTO auctions (id, title, format, status, created_by_organization_id, opens_at,"
+        " closes_at, supply_quantity, min_bid_quantity, quantity_step, price_tick, tie_break,"
+        " undersubscribed, reserve_commitment, reserve_nonce, seed_commitment, seed, seed_nonce,"
+        " created_at, updated_at) VALUES"
+        f" ('{auction_id}', 'legacy', 'uniform', '{status}', '{SELLER}', now() - interval '2 h',"
+        f" now() + interval '2 h', 100, 1, 1, 1, 'pro_rata', 'cancel', '{HEX}', '{HEX}',"
+        f" '{HEX}', '{HEX}', '{HEX}', now(), now())"
+    )
+
+
+def _bid_sql(n: int, bid_id: str, auction_id: str, status: str, allocated: bool) -> list[str]:
+    """A bid as 0013 stored it: its own hold, and its allocation if it won."""
+    hold = f"00000000-0000-7000-8000-00000000c{n:03d}"
+    # An active bid's hold is still held; any other bid's was settled or released.
+    hold_status, remaining = ("active", 1000) if status == "active" else ("closed", 0)
+    out = [
+        "INSERT INTO ledger_holds (id, organization_id, asset, amount, remaining, status,"
+        f" reference, created_at, updated_at) VALUES ('{hold}', '{BIDDER}', 'JPY', 1000,"
+        f" {remaining}, '{hold_status}', 'auction:{auction_id}:bid:{bid_id}',"
+        " now(), now())",
+        "INSERT INTO auction_bids (id, auction_id, bidder_organization_id, price, quantity, status,"
+        ' cash_hold_id, commitment, nonce, "group", amendments, created_at, updated_at) VALUES'
+        f" ('{bid_id}', '{auction_id}', '{BIDDER}', 100, 10, '{status}', '{hold}', '{HEX}',"
+        f" '{HEX}', NULL, 0, now(), now())",
+    ]
+    if allocated:
+        out.append(
+            "INSERT INTO auction_allocations (id, auction_id, bid_id, bidder_organization_id,"
+            " quantity, price, amount, tie_selected) VALUES"
+            f" ('00000000-0000-7000-8000-00000000d{n:03d}', '{auction_id}', '{bid_id}',"
+            f" '{BIDDER}', 10, 100, 1000, false)"
+        )
+    return out
+
+
+def seed_0013(url: str, bids: dict[str, tuple[str, str, bool]]) -> None:
+    statements = [
+        "INSERT INTO organizations (id, name, kind, status, created_at, updated_at) VALUES"
+        f" ('{SELLER}', 'Seller', 'government', 'active', now(), now()),"
+        f" ('{BIDDER}', 'Bidder', 'company', 'active', now(), now())",
+        _auction_sql(SETTLED, "settled"),
+        _auction_sql(CANCELLED, "cancelled"),
+        _auction_sql(OPEN, "open"),
+    ]
+    for n, (bid_id, (auction_id, status, allocated)) in enumerate(bids.items(), 1):
+        statements += _bid_sql(n, bid_id, auction_id, status, allocated)
+    run_sql(url, *statements)
+
+
+def bid_statuses(url: str) -> dict[str, str]:
+    return {
+        str(bid_id): str(status)
+        for bid_id, status in run_sql(url, fetch="SELECT id, status FROM auction_bids")
+    }
+
+
+class TestBidOutcomesMigration:
+    """0014 turns stored won/lost into ``active`` (the outcome is derived from the
+    allocations), narrows the status check, and its downgrade writes won/lost back."""
+
+    def test_upgrade_derives_and_downgrade_restores(self, fresh_database_url: str) -> None:
+        url = fresh_database_url
+        upgrade(url, "0013")
+        seed_0013(url, BIDS_0013)
+        stored = {bid_id: status for bid_id, (_, status, _) in BIDS_0013.items()}
+        assert bid_statuses(url) == stored
+
+        upgrade(url, "0014")
+        assert version(url) == "0014"
+        assert bid_statuses(url) == {
+            bid_id: "active" if status in ("won", "lost") else status
+            for bid_id, status in stored.items()
+        }
+        won = next(b for b, (_, s, _) in BIDS_0013.items() if s == "won")
+        with pytest.raises(asyncpg.CheckViolationError):
+            run_sql(url, f"UPDATE auction_bids SET status = 'won' WHERE id = '{won}'")
+        with pytest.raises(asyncpg.CheckViolationError):
+            run_sql(url, f"UPDATE auction_bids SET status = 'lost' WHERE id = '{won}'")
+        # Nothing else about the bids or their holds changed.
+        assert run_sql(url, fetch="SELECT count(*) FROM auction_allocations") == [(2,)]
+
+        downgrade(url, "0013")
+        assert version(url) == "0013"
+        assert bid_statuses(url) == stored
+        # 0013's check takes won/lost again.
+        run_sql(url, f"UPDATE auction_bids SET status = 'lost' WHERE id = '{won}'")
+
+    @pytest.mark.parametrize(
+        "bad",
+        [("won", False), ("lost", True)],
+        ids=["won without an allocation", "lost with an allocation"],
+    )
+    def test_upgrade_refuses_won_and_allocations_that_disagree(
+        self, fresh_database_url: str, bad: tuple[str, bool]
+    ) -> None:
+        url = fresh_database_url
+        upgrade(url, "0013")
+        bids = dict(BIDS_0013)
+        bids["00000000-0000-7000-8000-00000000b0ff"] = (SETTLED, *bad)
+        seed_0013(url, bids)
+        before = bid_statuses(url)
+        with pytest.raises(Exception, match="won/lost disagree with auction_allocations"):
+            upgrade(url, "0014")
+        # The whole upgrade rolled back: still 0013, every stored status kept.
+        assert version(url) == "0013"
+        assert bid_statuses(url) == before
+        assert run_sql(
+            url,
+            fetch="SELECT count(*) FROM pg_proc WHERE proname = 'ledger_hold_add'",
+        ) == [(0,)]
+
+    def test_downgrade_refuses_once_bids_shared_a_settled_hold(
+        self, fresh_database_url: str
+    ) -> None:
+        """0013 needs one hold per bid: even settled, two bids that shared a (closed) hold
+        cannot go back, so the downgrade refuses, whole."""
+        url = fresh_database_url
+        upgrade(url, "0014")
+        shared = "00000000-0000-7000-8000-00000000c0aa"
+        won, lost = "00000000-0000-7000-8000-00000000b0a1", "00000000-0000-7000-8000-00000000b0a2"
+        run_sql(
+            url,
+            "INSERT INTO organizations (id, name, kind, status, created_at, updated_at) VALUES"
+            f" ('{SELLER}', 'Seller', 'government', 'active', now(), now()),"
+            f" ('{BIDDER}', 'Bidder', 'company', 'active', now(), now())",
+            _auction_sql(SETTLED, "settled"),
+            "INSERT INTO ledger_holds (id, organization_id, asset, amount, remaining, status,"
+            f" reference, created_at, updated_at) VALUES ('{shared}', '{BIDDER}', 'JPY', 2000,"
+            f" 0, 'closed', 'auction:{SETTLED}:bidder:{BIDDER}', now(), now())",
+            "INSERT INTO auction_bids (id, auction_id, bidder_organization_id, price, quantity,"
+            ' status, cash_hold_id, commitment, nonce, "group", amendments, created_at,'
+            f" updated_at) VALUES ('{won}', '{SETTLED}', '{BIDDER}', 100, 10, 'active',"
+            f" '{shared}', '{HEX}', '{HEX}', NULL, 0, now(), now()),"
+            f" ('{lost}', '{SETTLED}', '{BIDDER}', 100, 10, 'active', '{shared}', '{HEX}',"
+            f" '{HEX}', NULL, 0, now(), now())",
+            "INSERT INTO auction_allocations (id, auction_id, bid_id, bidder_organization_id,"
+            " quantity, price, amount, tie_selected) VALUES"
+            f" ('00000000-0000-7000-8000-00000000d0a1', '{SETTLED}', '{won}', '{BIDDER}', 10,"
+            " 100, 1000, false)",
+        )
+        with pytest.raises(Exception, match="bids share a cash hold"):
+            downgrade(url, "0013")
+        assert version(url) == "0014"
+        assert bid_statuses(url) == {won: "active", lost: "active"}
+
+    def test_downgrade_refuses_while_active_bids_share_an_active_hold(
+        self, fresh_database_url: str
+    ) -> None:
+        """0013's code releases a bid's whole hold on withdrawal: it must not run on an open
+        auction whose bidder's two bids share one hold, so the downgrade refuses, whole."""
+        url = fresh_database_url
+        upgrade(url, "0014")
+        shared = "00000000-0000-7000-8000-00000000c0bb"
+        first, second = (
+            "00000000-0000-7000-8000-00000000b0b1",
+            "00000000-0000-7000-8000-00000000b0b2",
+        )
+        run_sql(
+            url,
+            "INSERT INTO organizations (id, name, kind, status, created_at, updated_at) VALUES"
+            f" ('{SELLER}', 'Seller', 'government', 'active', now(), now()),"
+            f" ('{BIDDER}', 'Bidder', 'company', 'active', now(), now())",
+            _auction_sql(OPEN, "open"),
+            "INSERT INTO ledger_holds (id, organization_id, asset, amount, remaining, status,"
+            f" reference, created_at, updated_at) VALUES ('{shared}', '{BIDDER}', 'JPY', 2000,"
+            f" 2000, 'active', 'auction:{OPEN}:bidder:{BIDDER}', now(), now())",
+            "INSERT INTO auction_bids (id, auction_id, bidder_organization_id, price, quantity,"
+            ' status, cash_hold_id, commitment, nonce, "group", amendments, created_at,'
+            f" updated_at) VALUES ('{first}', '{OPEN}', '{BIDDER}', 100, 10, 'active',"
+            f" '{shared}', '{HEX}', '{HEX}', NULL, 0, now(), now()),"
+            f" ('{second}', '{OPEN}', '{BIDDER}', 100, 10, 'active', '{shared}', '{HEX}',"
+            f" '{HEX}', NULL, 0, now(), now())",
+        )
+        with pytest.raises(Exception, match="bids share a cash hold"):
+            downgrade(url, "0013")
+        assert version(url) == "0014"
+        assert bid_statuses(url) == {first: "active", second: "active"}

@@ -13,7 +13,9 @@
   otherwise (``app.auction.service.bid_status``), so the close no longer rewrites every bid
   row (100,000 row versions, half the close's time). Bids stored ``won`` or ``lost`` become
   ``active``; the upgrade first checks that ``won`` matched the allocations, so nothing is
-  lost, and the downgrade writes them back from the allocations.
+  lost, and the downgrade writes them back from the allocations. The downgrade refuses once
+  any two bids share a hold (0013 needs one hold per bid and would release a shared one
+  whole); before that it restores 0013's schema exactly.
 
 - ``auction_allocations`` has one foreign key, ``(bid_id, auction_id, bidder_organization_id)``
   to the same columns of ``auction_bids`` (unique there), instead of one to each of bids,
@@ -107,20 +109,20 @@ UP = [
 ]
 
 DOWN = [
-    "DROP FUNCTION ledger_hold_add(uuid, uuid, bigint, text)",
-    "ALTER TABLE auction_bids DROP CONSTRAINT auction_bids_status_check",
-    "ALTER TABLE auction_bids ADD CONSTRAINT auction_bids_status_check"
-    " CHECK (status IN ('active', 'withdrawn', 'won', 'lost'))",
+    # 0013 gives each bid its own hold (unique) and releases it whole when the bid is
+    # withdrawn: once two bids share a hold, going back would need holds invented after the
+    # fact, so the downgrade refuses, whole, and only runs before any bidder shared one.
     """
-    UPDATE auction_bids b
-       SET status = CASE WHEN EXISTS (SELECT 1 FROM auction_allocations a WHERE a.bid_id = b.id)
-                         THEN 'won' ELSE 'lost' END
-      FROM auctions u
-     WHERE u.id = b.auction_id AND u.status IN ('cleared', 'settled', 'cancelled')
-       AND b.status = 'active'
+    DO $$
+    BEGIN
+        IF EXISTS (
+            SELECT 1 FROM auction_bids GROUP BY cash_hold_id HAVING count(*) > 1
+        ) THEN
+            RAISE EXCEPTION 'bids share a cash hold: 0014 cannot be downgraded';
+        END IF;
+    END
+    $$
     """,
-    # Only possible while no two bids share a hold (every shared hold settled or released).
-    "ALTER TABLE auction_bids ADD CONSTRAINT auction_bids_cash_hold_id_key UNIQUE (cash_hold_id)",
     "CREATE INDEX ix_auction_allocations_bidder_organization_id"
     " ON auction_allocations (bidder_organization_id)",
     "ALTER TABLE auction_allocations"
@@ -133,6 +135,19 @@ DOWN = [
     "ALTER TABLE auction_allocations DROP CONSTRAINT auction_allocations_bid_fkey",
     "ALTER TABLE auction_bids"
     " DROP CONSTRAINT auction_bids_id_auction_id_bidder_organization_id_key",
+    "DROP FUNCTION ledger_hold_add(uuid, uuid, bigint, text)",
+    "ALTER TABLE auction_bids ADD CONSTRAINT auction_bids_cash_hold_id_key UNIQUE (cash_hold_id)",
+    "ALTER TABLE auction_bids DROP CONSTRAINT auction_bids_status_check",
+    "ALTER TABLE auction_bids ADD CONSTRAINT auction_bids_status_check"
+    " CHECK (status IN ('active', 'withdrawn', 'won', 'lost'))",
+    """
+    UPDATE auction_bids b
+       SET status = CASE WHEN EXISTS (SELECT 1 FROM auction_allocations a WHERE a.bid_id = b.id)
+                         THEN 'won' ELSE 'lost' END
+      FROM auctions u
+     WHERE u.id = b.auction_id AND u.status IN ('cleared', 'settled', 'cancelled')
+       AND b.status = 'active'
+    """,
 ]
 
 

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.auction import commitments
 from app.auction.audit import recompute
-from app.auction.models import AuctionBid
-from app.auction.schemas import AuctionSeriesCreate, share_cap
+from app.auction.models import AuctionBid, share_cap
+from app.auction.schemas import AuctionSeriesCreate
 from app.auction.settlement import clearing_bid
 from app.auction.tasks import create_all_series_auctions
 from app.db.session import create_sessionmaker
