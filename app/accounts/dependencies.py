@@ -13,7 +13,7 @@ from app.accounts import service as accounts_service
 from app.accounts.errors import InvalidApiKey, MissingScope
 from app.accounts.models import Scope
 from app.accounts.service import Principal
-from app.config import Settings, get_settings
+from app.config import Settings, settings_dependency
 from app.db.session import SessionDep
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
@@ -21,7 +21,7 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 
 async def get_principal(
     session: SessionDep,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[Settings, Depends(settings_dependency)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     if credentials is None or not credentials.credentials:

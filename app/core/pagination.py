@@ -40,7 +40,7 @@ def decode_cursor(cursor: str) -> str:
         raise InvalidInput("cursor is not valid", field="cursor", location="query") from exc
 
 
-def page_params(
+async def page_params(  # async: a plain def dependency would run in the thread pool
     limit: Annotated[int, Query(ge=1, le=500, description="Page size, 1–500.")] = 50,
     cursor: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` from the previous page.")

@@ -19,7 +19,7 @@ from app.accounts.dependencies import (
     TransfererDep,
 )
 from app.accounts.errors import InvalidApiKey, OrganizationNotFound
-from app.config import Settings, get_settings
+from app.config import Settings, settings_dependency
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
 from app.db.session import SessionDep
@@ -73,7 +73,7 @@ from app.offsets.signing import ALGORITHM, b64url, signing_key
 router = APIRouter(tags=["registry"])
 public_router = APIRouter(prefix="/public", tags=["public"])
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(settings_dependency)]
 
 
 # --- read models -----------------------------------------------------------------------

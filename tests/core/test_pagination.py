@@ -45,15 +45,16 @@ class TestCursors:
 
 
 class TestPageParams:
-    def test_defaults(self) -> None:
-        assert page_params() == PageParams(limit=50, after=None)
+    async def test_defaults(self) -> None:
+        assert await page_params() == PageParams(limit=50, after=None)
 
-    def test_cursor_is_decoded(self) -> None:
+    async def test_cursor_is_decoded(self) -> None:
         key = str(uuid.uuid4())
-        assert page_params(limit=5, cursor=encode_cursor(key)) == PageParams(limit=5, after=key)
+        found = await page_params(limit=5, cursor=encode_cursor(key))
+        assert found == PageParams(limit=5, after=key)
 
-    def test_empty_cursor_means_the_first_page(self) -> None:
-        assert page_params(cursor="").after is None
+    async def test_empty_cursor_means_the_first_page(self) -> None:
+        assert (await page_params(cursor="")).after is None
 
 
 class TestMakePage:
