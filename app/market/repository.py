@@ -57,9 +57,14 @@ class OrderRepository(Repository[MarketOrder]):
 
     async def open_orders(self, product_id: uuid.UUID) -> list[MarketOrder]:
         """The product's resting orders in sequence (time priority) order."""
+        # ``status = … OR status = …`` rather than ``IN``: an IN list is an expanding parameter,
+        # whose SQL is rendered again on every execution (this runs on every order).
         stmt = (
             select(MarketOrder)
-            .where(MarketOrder.product_id == product_id, MarketOrder.status.in_(OPEN_STATUSES))
+            .where(
+                MarketOrder.product_id == product_id,
+                or_(*(MarketOrder.status == status for status in OPEN_STATUSES)),
+            )
             .order_by(MarketOrder.sequence)
             .execution_options(populate_existing=True)
         )

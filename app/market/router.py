@@ -18,12 +18,13 @@ from app.accounts.dependencies import (
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageDep
 from app.core.time import utc_now
-from app.db.session import SessionDep, SessionMaker
+from app.db.session import REQUEST_SESSION_KEY, SessionDep, SessionMaker
 from app.db.url import libpq_url
 from app.ledger.errors import InsufficientBalance
 from app.market import amend as market_amend
 from app.market import calls as market_calls
 from app.market import candles as market_candles
+from app.market import group as market_group
 from app.market import service as market_service
 from app.market.errors import (
     AmendBelowFilled,
@@ -181,8 +182,18 @@ async def list_products(session: SessionDep, _: AnyKeyDep) -> list[ProductRead]:
     ),
     summary="Place an order: its cash or credits are held, it is matched and its fills settled",
 )
-async def place_order(body: OrderCreate, session: SessionDep, principal: TraderDep) -> OrderRead:
-    placed = await market_service.place_order(session, principal.organization_id, body)
+async def place_order(
+    body: OrderCreate, request: Request, session: SessionDep, principal: TraderDep
+) -> OrderRead:
+    # Grouped with the same product's concurrent orders (``app.market.group``), except when
+    # the idempotency middleware owns the transaction (its stored answer commits with it).
+    placed = await market_group.place_order(
+        session,
+        request.app.state.sessionmaker,
+        principal.organization_id,
+        body,
+        own_transaction=request.scope.get("state", {}).get(REQUEST_SESSION_KEY) is not None,
+    )
     return order_read(placed.order, placed.product.code, placed.trades)
 
 

@@ -1,6 +1,7 @@
 """The continuous order book: products, orders with their holds, matching and settlement.
 
-Placing an order (one transaction):
+Placing an order (one transaction; ``place_orders`` places several, of one product, in one
+transaction and under one lock, exactly as one after the other: ``app.market.group``):
 
 1. Take the product's advisory lock (``pg_advisory_xact_lock(hashtextextended('market:' ||
    product_id, 0))``). Everything below runs under it, so one product's orders are matched one
@@ -12,24 +13,29 @@ Placing an order (one transaction):
    resting one (its real one, taken on insert from the identity column, is larger still). A
    rejection (post-only that would cross) raises before anything is written.
 3. Lock, in one global order, everything the fills and holds will touch (``lock_settlement``):
-   the batches (by id), then every cash and credit account (by id, one statement). Two orders
-   on different products between the same organisations then queue instead of deadlocking.
+   the batches (by id), then every cash and credit account (by id), in one statement. Two
+   orders on different products between the same organisations then queue instead of
+   deadlocking. A lone order without fills (a buy, or a sell of a batch product) skips the
+   accounts: its hold call locks its own two accounts, of one asset, by id, itself.
 4. Hold what the order may need: a buy limit holds ``buy_hold(price, quantity)`` JPY (the
    amount plus the largest fee), a market buy the same at the band high; a sell holds
    ``quantity`` of the seller's eligible credits (``eligible_holdings``: the product's batch,
    or a category product's batches, oldest vintage first, then by batch id), one credit hold
    per batch (``market_order_credit_holds``). A shortfall raises (409) and nothing is written.
-   Then the order row is inserted (taking its sequence).
+   The order row is added, and inserted (taking its sequence) by the flush after step 5,
+   with its fills applied.
 5. Persist the events: every ``Trade`` is settled at once (``_settle``), one ``market_trades``
    row per batch its credits come from: cash from the buyer's hold to the seller's available
    JPY at the trade price, the fees to the platform's fee account, credits from the seller's
    holds to the buyer (the serial ranges delivered are stored on the trade), and the buyer's
    hold brought down to what its open quantity may still need. An order that ends (filled or
-   cancelled) has what remains of its holds released.
+   cancelled) has what remains of its holds released (a filled buy's hold is used up: its
+   last fill brought it to zero).
 6. Publish (``pg_notify('market_<product id hex>', json)``, same transaction, so delivered only
    if it commits): one ``trade`` event per fill and one ``level`` event per price level the
    order touched (its new aggregate, ``quantity`` 0 once empty). Cancels and expiries publish
-   their level too. ``app.market.stream`` relays them as Server-Sent Events.
+   their level too. ``app.market.stream`` relays them as Server-Sent Events. When the orders
+   traded, the same statement writes the product's ``last_trade_price``.
 
 GTD orders rest like GTC; ``expire_product_orders`` (run every minute by
 ``app.market.tasks``) closes the due ones with status ``expired`` through the cancel path.
@@ -46,25 +52,28 @@ in the fill's own entries. Every fill with a fee locks that one account, so fee-
 of different products commit one after the other; sharding it is the next step if that shows.
 
 Throughput on one product is one over the time an order holds the product lock, and on this
-path that time is mostly round trips to the database, so the path under the lock keeps them
-few (``bench/orders`` measures it): the lock and the product row come in one call
-(``market_lock_product``); due GTD orders are found among the open orders already loaded
-(the expiry path runs only if there is one); ``lock_settlement`` finds and locks the
-accounts in one statement once they are known to exist and returns their ids, which the
-fills use instead of looking them up; every hold, settlement and release is one SQL call
-(``ledger_service.reserve``, ``settle_hold``, ``release``,
-``release_rest``; the credit side through ``offsets_service.*_locked``, under the batch
-locks already taken, one block read and one block write each); the credit holds of the
-orders involved are read once and kept in memory for the fills and releases; the level
-events are read from the book in memory. Every entry still goes through
-``ledger_post_entries``.
+path that time is round trips to the database and the Python between them, so the path under
+the lock keeps them few (``bench/orders`` measures it): the lock and the product row come in
+one call (``market_lock_product``); due GTD orders are found among the open orders already
+loaded (the expiry path runs only if there is one); ``lock_settlement`` locks the batches and
+finds and locks the accounts in one statement once they are known to exist and returns their
+ids, which the fills use instead of looking them up; every hold, settlement and release is
+one SQL call (``ledger_service.reserve``, ``settle_hold``, ``release``, ``release_rest``; the
+credit side through ``offsets_service.*_locked``, under the batch locks already taken, one
+block read and one block write each); the credit holds of the orders involved are read once
+and kept in memory for the fills and releases; the level events are read from the book in
+memory; the order row is written once; the product's new last price goes with the NOTIFY.
+Every entry still goes through ``ledger_post_entries``. Group commit (``app.market.group``)
+then shares the lock, the book, the account locks, the flush, the NOTIFY and the commit among
+the orders that queue in one process.
 
-Rebuilding the book costs O(open orders of the product) per order: acceptable at this scale;
-the next step is an in-process cache of the book keyed by product with a version check. Past
-that, the round trips and the Python between them still bound one product to one order per
-lock hold (tens of milliseconds on a loaded 2-core machine): 1,000 orders/s on one product
-needs group commit (one process owning a product's book, matching a batch of its orders and
-settling them in one transaction, acknowledging each after that commit).
+Holds cannot be taken before the product lock: a hold locks the owner's accounts until
+commit, and the transaction holding the product lock may need those accounts to settle a fill
+against that owner's resting order, a deadlock. Rebuilding the book costs O(open orders of the
+product) per lock acquisition: acceptable at this scale; an in-process cache of the book with
+a version check is the next step there. On the shared 2-core machine the CPU is then
+saturated: 1,000 orders/s on one product needs less Python and SQL work per order (the
+request, authentication, the ORM, the hold and settlement calls), not fewer waits.
 """
 
 from __future__ import annotations
@@ -77,9 +86,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import Uuid, any_, bindparam, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.core.ids import new_id
 from app.core.pagination import Page, PageParams
@@ -213,7 +224,12 @@ async def get_product(session: AsyncSession, code: str) -> Product:
 
 def price_band(product: Product) -> tuple[int, int] | None:
     """(low, high) around the last trade price, else the reference price; None without either."""
-    centre = product.last_trade_price or product.reference_price
+    return price_band_at(product, product.last_trade_price)
+
+
+def price_band_at(product: Product, last_trade_price: int | None) -> tuple[int, int] | None:
+    """``price_band`` with this last trade price."""
+    centre = last_trade_price or product.reference_price
     if centre is None:
         return None
     width = centre * product.band_bps // 10_000
@@ -265,17 +281,7 @@ async def _publish(
     orders)."""
     events = [trade_event(t) for t in trades]
     if levels and book is not None:
-        for side, price in sorted(levels):
-            ids = book.orders_at(Side(side), price)
-            events.append(
-                {
-                    "type": "level",
-                    "side": side,
-                    "price": price,
-                    "quantity": sum(book.open_quantity(i) or 0 for i in ids),
-                    "orders": len(ids),
-                }
-            )
+        events += _level_events(book, levels)
     elif levels:
         rows = await session.execute(
             text(
@@ -298,11 +304,47 @@ async def _publish(
                     "orders": orders,
                 }
             )
-    if events:
+    await _notify(session, product_id, events)
+
+
+async def _notify(
+    session: AsyncSession,
+    product_id: uuid.UUID,
+    events: list[dict[str, Any]],
+    traded: Product | None = None,
+) -> None:
+    """NOTIFY ``events`` on the product's channel, in one statement. ``traded``: a product
+    whose new ``last_trade_price`` and ``updated_at`` (set by ``_settle``) the caller kept out
+    of its flush (``_defer_product_write``): the same statement writes them, one round trip
+    fewer under the product lock."""
+    if traded is not None:
+        # A data-modifying WITH runs once, to completion, whether or not the query reads it.
+        await session.execute(
+            text(
+                "WITH p AS (UPDATE market_products SET last_trade_price = :price,"
+                " updated_at = :at WHERE id = :id)"
+                " SELECT pg_notify(:c, e) FROM unnest(CAST(:events AS text[])) AS e"
+            ),
+            {
+                "price": traded.last_trade_price,
+                "at": traded.updated_at,
+                "id": traded.id,
+                "c": channel(product_id),
+                "events": [json.dumps(e) for e in events],
+            },
+        )
+    elif events:
         await session.execute(
             text("SELECT pg_notify(:c, e) FROM unnest(CAST(:events AS text[])) AS e"),
             {"c": channel(product_id), "events": [json.dumps(e) for e in events]},
         )
+
+
+def _defer_product_write(product: Product) -> None:
+    """Keep the product's new last trade price and ``updated_at`` out of the next flush: the
+    caller writes them with ``_publish(..., traded=product)`` in the same transaction."""
+    for name in ("last_trade_price", "updated_at"):
+        set_committed_value(product, name, getattr(product, name))
 
 
 def restore_book(open_orders: list[MarketOrder]) -> OrderBook:
@@ -420,7 +462,9 @@ async def credit_holds(
         )
         .join(Hold, Hold.id == MarketOrderCreditHold.hold_id)
         .where(
-            MarketOrderCreditHold.order_id.in_(list(order_ids)),
+            # An array parameter, not an IN list (rendered again on every execution).
+            MarketOrderCreditHold.order_id
+            == any_(bindparam("ids", list(order_ids), ARRAY(Uuid()))),
             Hold.status == HoldStatus.active,
             Hold.remaining > 0,
         )
@@ -513,6 +557,22 @@ _FIND_AND_LOCK_ACCOUNTS = text(
     " AND a.organization_id IS NULL AND a.asset = :fee_asset AND a.kind = :fee_kind)"
     " ORDER BY id FOR UPDATE"
 )
+# The same, with the batches locked first in the same statement: the uncorrelated sub-select
+# is evaluated (once) before any account row comes out of the sort below the row locks, so the
+# batches are locked, by id, before any account, as the global order wants.
+_LOCK_BATCHES_FIND_AND_LOCK_ACCOUNTS = text(
+    "WITH b AS MATERIALIZED (SELECT id FROM offset_batches"
+    " WHERE id = ANY(CAST(:batches AS uuid[])) ORDER BY id FOR NO KEY UPDATE)"
+    " SELECT id, organization_id, asset, kind FROM ledger_accounts"
+    " WHERE (SELECT count(*) FROM b) >= 0 AND id IN ("
+    " SELECT a.id FROM ledger_accounts a"
+    " JOIN unnest(CAST(:orgs AS uuid[]), CAST(:assets AS text[]), CAST(:kinds AS text[]))"
+    " AS k(org, asset, kind)"
+    " ON a.organization_id = k.org AND a.asset = k.asset AND a.kind = k.kind"
+    " UNION ALL SELECT a.id FROM ledger_accounts a WHERE CAST(:fee AS boolean)"
+    " AND a.organization_id IS NULL AND a.asset = :fee_asset AND a.kind = :fee_kind)"
+    " ORDER BY id FOR UPDATE"
+)
 
 
 def _remember_accounts(found: LockedAccounts) -> None:
@@ -536,26 +596,29 @@ async def lock_settlement(
     ``ledger_post_entries`` locks accounts by id; taking all of them at once in that global
     order means two transactions (e.g. orders on two products between the same two
     organisations, each buying on one and selling on the other) queue instead of deadlocking.
-    Accounts are created on first use, as ``ledger_service.account_id`` would.
+    Accounts are created on first use, as ``ledger_service.account_id`` would. When every
+    account is known to exist, the batches and the accounts are locked in one statement.
     """
     batches = sorted(set(batch_ids))
-    if batches:
+    wanted = set(keys)
+    fee_key = (None, ledger_service.CASH, FEES)
+    fast = bool(
+        (wanted or fee_account)
+        and wanted <= _SEEN_ACCOUNTS
+        and (not fee_account or fee_key in _SEEN_ACCOUNTS)
+    )
+    if batches and not fast:
         await session.execute(
             text(
                 "SELECT id FROM offset_batches WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE"
             ),
             {"ids": batches},
         )
-    wanted = set(keys)
-    fee_key = (None, ledger_service.CASH, FEES)
-    if (
-        (wanted or fee_account)
-        and wanted <= _SEEN_ACCOUNTS
-        and (not fee_account or fee_key in _SEEN_ACCOUNTS)
-    ):
+    if fast:
         rows = await session.execute(
-            _FIND_AND_LOCK_ACCOUNTS,
+            _LOCK_BATCHES_FIND_AND_LOCK_ACCOUNTS if batches else _FIND_AND_LOCK_ACCOUNTS,
             {
+                **({"batches": batches} if batches else {}),
                 "orgs": [org for org, _, _ in wanted],
                 "assets": [asset for _, asset, _ in wanted],
                 "kinds": [kind.value for _, _, kind in wanted],
@@ -786,16 +849,21 @@ async def _settle(
     return trades
 
 
-async def place_order(
-    session: AsyncSession, organization_id: uuid.UUID, body: OrderCreate
-) -> PlacedOrder:
-    products = ProductRepository(session)
-    found = await products.by_code(body.product)
-    if found is None:
-        raise ProductNotFound("No such product.", product=body.product)
-    product = await products.lock_and_reload(found.id)  # last_trade_price as of the lock
+@dataclass(slots=True)
+class _Incoming:
+    """One order of those ``place_orders`` places under one lock: what matching it found."""
 
-    band = price_band(product)
+    organization_id: uuid.UUID
+    body: OrderCreate
+    order_id: uuid.UUID
+    band: tuple[int, int] | None
+    events: list[Any]
+    fills: list[Trade]
+    touched: set[tuple[str, int]]  # the price levels it changed
+    levels: list[dict[str, Any]]  # their ``level`` events, as the book stood right after it
+
+
+def _check_against_band(product: Product, body: OrderCreate, band: tuple[int, int] | None) -> None:
     if body.type == OrderType.MARKET and band is None:
         raise NoReferencePrice(
             "A market order needs a price band: this product has no reference price or trade.",
@@ -811,16 +879,74 @@ async def place_order(
                 band_high=band[1],
             )
 
+
+def _level_events(book: OrderBook, levels: set[tuple[str, int]]) -> list[dict[str, Any]]:
+    """The ``level`` events of the touched levels, as they stand in ``book``."""
+    events = []
+    for side, price in sorted(levels):
+        ids = book.orders_at(Side(side), price)
+        events.append(
+            {
+                "type": "level",
+                "side": side,
+                "price": price,
+                "quantity": sum(book.open_quantity(i) or 0 for i in ids),
+                "orders": len(ids),
+            }
+        )
+    return events
+
+
+def _maker(fill: Trade) -> uuid.UUID:
+    """A fill's maker: an order id (the book is built from ``MarketOrder`` ids)."""
+    assert isinstance(fill.maker_id, uuid.UUID)
+    return fill.maker_id
+
+
+async def place_order(
+    session: AsyncSession, organization_id: uuid.UUID, body: OrderCreate
+) -> PlacedOrder:
+    products = ProductRepository(session)
+    found = await products.by_code(body.product)
+    if found is None:
+        raise ProductNotFound("No such product.", product=body.product)
+    [placed] = await place_orders(session, found.id, [(organization_id, body)])
+    return placed
+
+
+async def place_orders(
+    session: AsyncSession,
+    product_id: uuid.UUID,
+    items: Sequence[tuple[uuid.UUID, OrderCreate]],
+) -> list[PlacedOrder]:
+    """Place orders on one product, in the given order, under one acquisition of its lock, in
+    the caller's transaction: what placing them one after the other would do (the same checks,
+    matching, holds, fills, rows and notifications, in the same order), with what does not
+    depend on the order done once (the lock, reading the book, locking the accounts, the
+    flush, the NOTIFY). A refusal of any of them raises: the caller rolls the transaction back
+    (``app.market.group`` then places that group's orders one at a time)."""
+    orders = OrderRepository(session)
+    # Read before the lock (it needs no book; the unique constraint backstops a race, below)
+    # and refused at its usual place, after the band and call checks.
+    duplicates = [
+        body.client_order_id is not None
+        and await orders.by_client_id(organization_id, body.client_order_id) is not None
+        for organization_id, body in items
+    ]
+    product = await ProductRepository(session).lock_and_reload(product_id)  # as of the lock
     # A call product's orders rest without matching until the call (``app.market.calls``).
     collecting = await phase.collects_orders(session, product, utc_now())
-    _check_call_order(body, collecting)
-    orders = OrderRepository(session)
-    if body.client_order_id is not None and (
-        await orders.by_client_id(organization_id, body.client_order_id) is not None
-    ):
-        raise DuplicateClientOrderId(
-            "An order with this client_order_id exists.", client_order_id=body.client_order_id
-        )
+
+    def check(body: OrderCreate, band: tuple[int, int] | None, duplicate: bool) -> None:
+        _check_against_band(product, body, band)
+        _check_call_order(body, collecting)
+        if duplicate:
+            raise DuplicateClientOrderId(
+                "An order with this client_order_id exists.", client_order_id=body.client_order_id
+            )
+
+    if len(items) == 1:  # refused before the book is read
+        check(items[0][1], price_band(product), duplicates[0])
 
     # A GTD order past its expiry never trades, even before the minute task has run. The due
     # ones are among the open orders loaded anyway: only if one is there does the expiry path
@@ -835,65 +961,165 @@ async def place_order(
     by_id: dict[uuid.UUID, MarketOrder] = {o.id: o for o in resting}
 
     # Match first, in memory (the book is rebuilt from the database and thrown away): the fills
-    # tell which orders, batches and accounts this order touches, so all of them are locked up
-    # front in the global order (``lock_settlement``) before any hold or posting. The order's
-    # real sequence, taken on insert, is larger than any resting one, like this provisional one.
-    order_id = new_id()
+    # tell which orders, batches and accounts the orders touch, so all of them are locked up
+    # front in the global order (``lock_settlement``) before any hold or posting. An order's
+    # real sequence, taken on insert, is larger than any resting one, like its provisional one.
     book = restore_book(resting)
-    events = book.submit(
-        Order(
-            order_id=order_id,
-            side=body.side,
-            quantity=body.quantity,
-            price=body.price,
-            owner=organization_id,
-            sequence=max((o.sequence for o in resting), default=0) + 1,
-            order_type=body.type,
-            time_in_force=TimeInForce(body.time_in_force),
-            post_only=body.post_only,
-        ),
-        band_low=band[0] if band else None,
-        band_high=band[1] if band else None,
-    )
-    for event in events:
-        if isinstance(event, Rejected):
-            raise OrderRejected(
-                f"The order was rejected: {event.reason.value}.", reason=event.reason.value
+    sequence = max((o.sequence for o in resting), default=0)
+    last_price = product.last_trade_price
+    incoming: list[_Incoming] = []
+    # (organisation, side, price) of every order that may be a maker here.
+    known = {o.id: (o.organization_id, Side(o.side), o.price) for o in resting}
+    for (organization_id, body), duplicate in zip(items, duplicates, strict=True):
+        band = price_band_at(product, last_price)  # as the previous orders' trades left it
+        if len(items) > 1:
+            check(body, band, duplicate)
+        order_id = new_id()
+        sequence += 1
+        events = book.submit(
+            Order(
+                order_id=order_id,
+                side=body.side,
+                quantity=body.quantity,
+                price=body.price,
+                owner=organization_id,
+                sequence=sequence,
+                order_type=body.type,
+                time_in_force=TimeInForce(body.time_in_force),
+                post_only=body.post_only,
+            ),
+            band_low=band[0] if band else None,
+            band_high=band[1] if band else None,
+        )
+        for event in events:
+            if isinstance(event, Rejected):
+                raise OrderRejected(
+                    f"The order was rejected: {event.reason.value}.", reason=event.reason.value
+                )
+        fills = [e for e in events if isinstance(e, Trade)]
+        touched: set[tuple[str, int]] = set()
+        if body.price is not None:
+            touched.add((str(body.side), body.price))
+        for fill in fills:
+            last_price = fill.price
+            _, maker_side, maker_price = known[_maker(fill)]
+            if maker_price is not None:
+                touched.add((str(maker_side), maker_price))
+        known[order_id] = (organization_id, body.side, body.price)
+        incoming.append(
+            _Incoming(
+                organization_id,
+                body,
+                order_id,
+                band,
+                events,
+                fills,
+                touched,
+                [] if collecting else _level_events(book, touched),
             )
-    fills = [e for e in events if isinstance(e, Trade)]
-    makers = [by_id[e.maker_id] for e in fills]  # type: ignore[index]
-    maker_holds = await credit_holds(session, [m.id for m in makers if m.side == Side.SELL])
-    sell_batches = {oid: [h.batch_id for h in hs] for oid, hs in maker_holds.items()}
-    if body.side == Side.SELL:
-        # A batch product's sell can only deliver its batch; a category product's batches are
-        # an unlocked first look at the holdings, re-read below under the locks.
-        sell_batches[order_id] = (
-            [product.batch_id]
-            if product.batch_id is not None
-            else [b for b, _ in await eligible_holdings(session, product, organization_id)]
         )
-    keys = _order_keys(organization_id, body.side, sell_batches.get(order_id, []))
-    for maker in makers:
-        keys |= _order_keys(maker.organization_id, Side(maker.side), sell_batches.get(maker.id, []))
-    for fill, maker in zip(fills, makers, strict=True):  # the incoming order takes every fill
-        buyer, seller, sell_id = (
-            (organization_id, maker.organization_id, maker.id)
-            if fill.taker_side is Side.BUY
-            else (maker.organization_id, organization_id, order_id)
-        )
-        keys.add((seller, ledger_service.CASH, AccountKind.available))
-        keys |= {
-            (buyer, ledger_service.credit_asset(b), AccountKind.available)
-            for b in sell_batches.get(sell_id, [])
-        }
+
+    # What the fills and holds touch: the makers' credit holds (read once), the sell orders'
+    # batches (a category product's: an unlocked first look at the holdings, re-read below
+    # under the locks), and every account, all locked at once.
+    placed_here = {i.order_id for i in incoming}
+    sellers_from_book = {
+        _maker(fill)
+        for i in incoming
+        for fill in i.fills
+        if _maker(fill) not in placed_here and known[_maker(fill)][1] == Side.SELL
+    }
+    held_credits = await credit_holds(session, sorted(sellers_from_book))
+    sell_batches = {oid: [h.batch_id for h in hs] for oid, hs in held_credits.items()}
+    for i in incoming:
+        if i.body.side == Side.SELL:
+            sell_batches[i.order_id] = (
+                [product.batch_id]
+                if product.batch_id is not None
+                else [b for b, _ in await eligible_holdings(session, product, i.organization_id)]
+            )
+    keys: set[AccountKey] = set()
+    for i in incoming:
+        keys |= _order_keys(i.organization_id, i.body.side, sell_batches.get(i.order_id, []))
+        for fill in i.fills:
+            maker_org, maker_side, _ = known[_maker(fill)]
+            keys |= _order_keys(maker_org, maker_side, sell_batches.get(_maker(fill), []))
+            buyer, seller, sell_id = (
+                (i.organization_id, maker_org, _maker(fill))
+                if fill.taker_side is Side.BUY
+                else (maker_org, i.organization_id, i.order_id)
+            )
+            keys.add((seller, ledger_service.CASH, AccountKind.available))
+            keys |= {
+                (buyer, ledger_service.credit_asset(b), AccountKind.available)
+                for b in sell_batches.get(sell_id, [])
+            }
+    any_fills = any(i.fills for i in incoming)
+    # Without fills, a buy or a batch product's sell touches only its own two accounts of one
+    # asset, which its hold call locks itself, by id, in one statement (``ledger_post_entries``,
+    # under the batch lock for a sell): locking them here first would be one more round trip
+    # under the product lock for the same locks in the same order.
+    if (
+        len(incoming) == 1
+        and not any_fills
+        and (incoming[0].body.side == Side.BUY or product.batch_id is not None)
+    ):
+        keys = set()
     accounts = await lock_settlement(
         session,
         {b for bs in sell_batches.values() for b in bs},
         keys,
-        fee_account=bool(fills) and bool(product.maker_fee_bps or product.taker_fee_bps),
+        fee_account=any_fills and bool(product.maker_fee_bps or product.taker_fee_bps),
     )
 
-    # Holds (a shortfall raises: the transaction rolls back, nothing is written).
+    # Then each order in turn: its holds (a shortfall raises: the transaction rolls back,
+    # nothing is written), its row, its fills and what ends.
+    placed_orders: list[PlacedOrder] = []
+    notify: list[dict[str, Any]] = []
+    for i in incoming:
+        placed = await _hold_and_settle(
+            session, product, i, sell_batches, by_id, accounts, held_credits
+        )
+        placed_orders.append(placed)
+        notify += [trade_event(t) for t in placed.trades] + i.levels
+    traded = any(p.trades for p in placed_orders)
+    if traded:
+        _defer_product_write(product)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        if CLIENT_ORDER_ID_CONSTRAINT in str(exc.orig):
+            raise DuplicateClientOrderId(
+                "An order with this client_order_id exists.",
+                client_order_id=items[0][1].client_order_id if len(items) == 1 else None,
+            ) from exc
+        raise
+    if collecting:  # no book in memory: the levels are read from the open orders
+        await _publish(session, product.id, [], incoming[0].touched)
+    else:
+        await _notify(session, product.id, notify, product if traded else None)
+    return placed_orders
+
+
+async def _hold_and_settle(
+    session: AsyncSession,
+    product: Product,
+    incoming: _Incoming,
+    sell_batches: dict[uuid.UUID, list[uuid.UUID]],
+    by_id: dict[uuid.UUID, MarketOrder],
+    accounts: LockedAccounts,
+    held_credits: dict[uuid.UUID, list[CreditHold]],
+) -> PlacedOrder:
+    """Take one matched order's holds, add its row, settle its fills and release what ends:
+    ``place_orders``' second pass, under the locks it took. ``by_id`` and ``held_credits``
+    (every credit hold the fills and releases touch, kept in memory: under the product lock
+    nothing else changes a resting order's holds) gain the order."""
+    organization_id, body, order_id, band = (
+        incoming.organization_id,
+        incoming.body,
+        incoming.order_id,
+        incoming.band,
+    )
     reference = f"order:{order_id}"
     cash_hold_id: uuid.UUID | None = None
     taken: list[tuple[uuid.UUID, int, uuid.UUID]] = []  # (batch, quantity, hold) by position
@@ -934,80 +1160,62 @@ async def place_order(
             )
             taken.append((batch_id, quantity, hold_id))
 
+    # The order row is written by the last flush, with its fills already applied (one INSERT,
+    # rather than an INSERT now and an UPDATE after the fills); that flush reads its
+    # ``sequence`` back (INSERT … RETURNING: the mapper's eager defaults), writing the rows in
+    # the order they were added, and writes the credit hold and trade rows after the orders
+    # (the unit of work orders the tables by foreign key).
     now = utc_now()
-    order = orders.add(
-        MarketOrder(
-            id=order_id,
-            product_id=product.id,
-            organization_id=organization_id,
-            side=body.side,
-            type=body.type,
-            price=body.price,
-            quantity=body.quantity,
-            filled_quantity=0,
-            filled_amount=0,
-            status=OrderStatus.open,
-            time_in_force=body.time_in_force,
-            expires_at=body.expires_at,
-            post_only=body.post_only,
-            client_order_id=body.client_order_id,
-            cash_hold_id=cash_hold_id,
-            created_at=now,
-            updated_at=now,
-        )
+    order = MarketOrder(
+        id=order_id,
+        product_id=product.id,
+        organization_id=organization_id,
+        side=body.side,
+        type=body.type,
+        price=body.price,
+        quantity=body.quantity,
+        filled_quantity=0,
+        filled_amount=0,
+        status=OrderStatus.open,
+        time_in_force=body.time_in_force,
+        expires_at=body.expires_at,
+        post_only=body.post_only,
+        client_order_id=body.client_order_id,
+        cash_hold_id=cash_hold_id,
+        created_at=now,
+        updated_at=now,
     )
-    try:
-        await session.flush()
-    except IntegrityError as exc:
-        if CLIENT_ORDER_ID_CONSTRAINT in str(exc.orig):
-            raise DuplicateClientOrderId(
-                "An order with this client_order_id exists.",
-                client_order_id=body.client_order_id,
-            ) from exc
-        raise
-    # The flush read ``sequence`` back (INSERT … RETURNING: the mapper's eager defaults). The
-    # credit hold rows go with the last flush (the order row they refer to is written).
+    session.add(order)
     session.add_all(
         MarketOrderCreditHold(
             order_id=order.id, position=i, batch_id=batch_id, hold_id=hold_id, quantity=quantity
         )
         for i, (batch_id, quantity, hold_id) in enumerate(taken)
     )
-
     by_id[order.id] = order
-    # Every credit hold the fills and releases below touch, kept in memory: under the product
-    # lock nothing else changes a resting order's holds.
-    held_credits = maker_holds | {
-        order.id: [
-            CreditHold(order.id, i, batch_id, hold_id, quantity)
-            for i, (batch_id, quantity, hold_id) in enumerate(taken)
-        ]
-    }
+    held_credits[order.id] = [
+        CreditHold(order.id, i, batch_id, hold_id, quantity)
+        for i, (batch_id, quantity, hold_id) in enumerate(taken)
+    ]
     placed = PlacedOrder(order=order, product=product)
-    touched: set[tuple[str, int]] = set()
-    if order.price is not None:
-        touched.add((str(order.side), order.price))
-    for event in events:
+    for event in incoming.events:
         if isinstance(event, Trade):
             placed.trades.extend(
                 await _settle(session, product, event, by_id, accounts, held_credits)
             )
-            maker = by_id[event.maker_id]  # type: ignore[index]
-            if maker.price is not None:
-                touched.add((str(maker.side), maker.price))
         elif isinstance(event, Done):
             done = by_id[event.order_id]  # type: ignore[index]
             _close(done, OrderStatus.filled)
-            await _release_rest(session, done, held_credits)
+            # A filled buy's cash hold is used up: its last fill brought it down to what no
+            # open quantity needs (``buy_hold(limit, 0)`` = 0), which closed it.
+            if done.side != Side.BUY:
+                await _release_rest(session, done, held_credits)
         elif isinstance(event, Cancelled):
             cancelled = by_id[event.order_id]  # type: ignore[index]
             _close(cancelled, OrderStatus.cancelled, event.reason.value)
             await _release_rest(session, cancelled, held_credits)
         elif isinstance(event, Accepted | Rested | Amended | Rejected):
             pass
-    await session.flush()
-    # The book in memory is the product's book now (a collecting product's is not loaded).
-    await _publish(session, product.id, placed.trades, touched, None if collecting else book)
     return placed
 
 

@@ -1,0 +1,132 @@
+"""Group commit (``app.market.group``): orders that arrive while one is being placed on the
+same product are placed together under one lock and one commit, each answered as it would
+have been alone; a group with a refused order is placed again one order at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.market import service as market_service
+from app.market.schemas import OrderCreate
+from tests.factories import create_org
+from tests.market.helpers import assert_market_clean, cash, market, order
+
+PlaceOrders = Callable[
+    [AsyncSession, uuid.UUID, Sequence[tuple[uuid.UUID, OrderCreate]]],
+    Awaitable[list[market_service.PlacedOrder]],
+]
+
+
+@pytest.fixture
+def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every call of ``place_orders``; the first one waits half a second before taking
+    the lock, so that the orders sent with it queue behind it and form a group."""
+    sizes: list[int] = []
+    real: PlaceOrders = market_service.place_orders
+
+    async def spy(
+        session: AsyncSession,
+        product_id: uuid.UUID,
+        items: Sequence[tuple[uuid.UUID, OrderCreate]],
+    ) -> list[market_service.PlacedOrder]:
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            await asyncio.sleep(0.5)
+        return await real(session, product_id, items)
+
+    monkeypatch.setattr(market_service, "place_orders", spy)
+    return sizes
+
+
+async def _send_in_order(sends: Sequence[Awaitable[httpx.Response]]) -> list[httpx.Response]:
+    """Send concurrently, a little apart, so that they arrive (and queue) in this order."""
+    tasks = []
+    for send in sends:
+        tasks.append(asyncio.ensure_future(send))
+        await asyncio.sleep(0.03)
+    return list(await asyncio.gather(*tasks))
+
+
+async def _trades(session: AsyncSession) -> list[Any]:
+    rows = await session.execute(
+        text(
+            "SELECT t.price, t.quantity, t.buyer_fee, t.seller_fee, b.sequence AS buy_seq,"
+            " s.sequence AS sell_seq FROM market_trades t"
+            " JOIN market_orders b ON b.id = t.buy_order_id"
+            " JOIN market_orders s ON s.id = t.sell_order_id ORDER BY t.executed_at, t.id"
+        )
+    )
+    out = list(rows)
+    await session.rollback()
+    return out
+
+
+async def test_concurrent_orders_are_placed_as_one_group(
+    client: httpx.AsyncClient, session: AsyncSession, groups: list[int]
+) -> None:
+    m = await market(client, sellers=4, buyers=4, maker_fee_bps=10, taker_fee_bps=30)
+    # A resting buy and sell first (alone), then eight orders at once: crossing both ways,
+    # across price levels, some against the orders placed earlier in the same group.
+    first = await order(client, m.buyers[0], m, "buy", 990, 3)
+    assert first.status_code == 201, first.text
+    groups.clear()
+    sends = [
+        order(client, m.sellers[0], m, "sell", 1_000, 4),
+        order(client, m.buyers[1], m, "buy", 1_010, 2),
+        order(client, m.sellers[1], m, "sell", 985, 5),
+        order(client, m.buyers[2], m, "buy", 1_000, 6),
+        order(client, m.sellers[2], m, "sell", 1_005, 1),
+        order(client, m.buyers[3], m, "buy", 1_005, 2, time_in_force="ioc"),
+        order(client, m.sellers[3], m, "sell", 995, 2),
+        order(client, m.buyers[0], m, "buy", None, 1, type="market"),
+    ]
+    answers = await _send_in_order(sends)
+    assert [r.status_code for r in answers] == [201] * len(sends), [
+        r.text for r in answers if r.status_code != 201
+    ]
+    # The first alone, then the others as one group, placed once (not retried one by one).
+    assert groups == [1, len(sends) - 1]
+    # The orders answered as placed one after the other in arrival order: sequences rise,
+    # and every fill an answer shows is stored.
+    sequences = [r.json()["sequence"] for r in answers]
+    assert sequences == sorted(sequences)
+    reported = sum(len(r.json()["trades"]) for r in answers)
+    assert reported == len(await _trades(session))
+    await assert_market_clean(session)
+
+
+async def test_a_refused_order_sends_its_group_one_by_one(
+    client: httpx.AsyncClient, session: AsyncSession, groups: list[int]
+) -> None:
+    m = await market(client, sellers=2, buyers=2)
+    broke = await create_org(client)  # no cash at all
+    groups.clear()
+    sends = [
+        order(client, m.buyers[0], m, "buy", 1_000, 2),
+        order(client, m.sellers[0], m, "sell", 1_000, 1),
+        order(client, broke, m, "buy", 1_000, 1),  # insufficient_balance
+        order(client, m.sellers[1], m, "sell", 990, 1, post_only=True),  # would cross: refused
+        order(client, m.buyers[1], m, "buy", 1_000, 1),
+        order(client, m.sellers[1], m, "sell", 1_000, 2),
+    ]
+    answers = await _send_in_order(sends)
+    codes = [r.status_code for r in answers]
+    assert codes == [201, 201, 409, 409, 201, 201], [r.text for r in answers]
+    assert answers[2].json()["code"] == "insufficient_balance"
+    assert answers[3].json()["code"] == "order_rejected"
+    # The first alone, then the group, refused, then its orders one at a time.
+    assert groups == [1, len(sends) - 1] + [1] * (len(sends) - 1)
+    # Nothing of the refused group stayed: each order is stored once, the refused ones not.
+    stored = (await session.execute(text("SELECT count(*) FROM market_orders"))).scalar_one()
+    await session.rollback()
+    assert stored == 4
+    assert await cash(client, broke) == (0, 0)
+    await assert_market_clean(session)
