@@ -547,15 +547,18 @@ def _order_keys(
 _SEEN_ACCOUNTS: set[tuple[uuid.UUID | None, str, AccountKind]] = set()
 _SEEN_ACCOUNTS_MAX = 100_000  # then start over: a hint, not a copy of the table
 
-_FIND_AND_LOCK_ACCOUNTS = text(
-    "SELECT id, organization_id, asset, kind FROM ledger_accounts WHERE id IN ("
-    " SELECT a.id FROM ledger_accounts a"
+# The ids of the accounts named by (:orgs, :assets, :kinds), and the fee account if :fee.
+_ACCOUNT_IDS = (
+    "SELECT a.id FROM ledger_accounts a"
     " JOIN unnest(CAST(:orgs AS uuid[]), CAST(:assets AS text[]), CAST(:kinds AS text[]))"
     " AS k(org, asset, kind)"
     " ON a.organization_id = k.org AND a.asset = k.asset AND a.kind = k.kind"
     " UNION ALL SELECT a.id FROM ledger_accounts a WHERE CAST(:fee AS boolean)"
-    " AND a.organization_id IS NULL AND a.asset = :fee_asset AND a.kind = :fee_kind)"
-    " ORDER BY id FOR UPDATE"
+    " AND a.organization_id IS NULL AND a.asset = :fee_asset AND a.kind = :fee_kind"
+)
+_FIND_AND_LOCK_ACCOUNTS = text(
+    "SELECT id, organization_id, asset, kind FROM ledger_accounts"
+    f" WHERE id IN ({_ACCOUNT_IDS}) ORDER BY id FOR UPDATE"
 )
 # The same, with the batches locked first in the same statement: the uncorrelated sub-select
 # is evaluated (once) before any account row comes out of the sort below the row locks, so the
@@ -564,14 +567,7 @@ _LOCK_BATCHES_FIND_AND_LOCK_ACCOUNTS = text(
     "WITH b AS MATERIALIZED (SELECT id FROM offset_batches"
     " WHERE id = ANY(CAST(:batches AS uuid[])) ORDER BY id FOR NO KEY UPDATE)"
     " SELECT id, organization_id, asset, kind FROM ledger_accounts"
-    " WHERE (SELECT count(*) FROM b) >= 0 AND id IN ("
-    " SELECT a.id FROM ledger_accounts a"
-    " JOIN unnest(CAST(:orgs AS uuid[]), CAST(:assets AS text[]), CAST(:kinds AS text[]))"
-    " AS k(org, asset, kind)"
-    " ON a.organization_id = k.org AND a.asset = k.asset AND a.kind = k.kind"
-    " UNION ALL SELECT a.id FROM ledger_accounts a WHERE CAST(:fee AS boolean)"
-    " AND a.organization_id IS NULL AND a.asset = :fee_asset AND a.kind = :fee_kind)"
-    " ORDER BY id FOR UPDATE"
+    f" WHERE (SELECT count(*) FROM b) >= 0 AND id IN ({_ACCOUNT_IDS}) ORDER BY id FOR UPDATE"
 )
 
 

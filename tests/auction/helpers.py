@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.factories import Org, create_org
+from tests.factories import Org, create_org, deposit
 from tests.offsets.helpers import Issued, new_batch
 
 Json = dict[str, Any]
@@ -143,3 +143,34 @@ async def assert_nothing_held(session: AsyncSession) -> None:
     )
     await session.rollback()
     assert (holds, held) == (0, 0)
+
+
+FUNDS = 1_000_000
+
+
+async def bidder(client: httpx.AsyncClient, funds: int = FUNDS, **fields: Any) -> Org:
+    org = await create_org(client, **fields)
+    await deposit(client, org, funds)
+    return org
+
+
+async def amend(
+    client: httpx.AsyncClient, org: Org, auction: Json, bid: Json, **body: Any
+) -> httpx.Response:
+    return await client.patch(
+        f"/v1/auctions/{auction['id']}/bids/{bid['id']}", json=body, headers=org.headers
+    )
+
+
+async def amended(
+    client: httpx.AsyncClient, org: Org, auction: Json, bid: Json, **body: Any
+) -> Json:
+    r = await amend(client, org, auction, bid, **body)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def own_bids(client: httpx.AsyncClient, org: Org, auction: Json) -> list[Json]:
+    r = await client.get(f"/v1/auctions/{auction['id']}/bids", headers=org.headers)
+    assert r.status_code == 200, r.text
+    return list(r.json())

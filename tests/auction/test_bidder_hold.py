@@ -28,55 +28,30 @@ from app.core.ids import new_id
 from app.core.time import utc_now
 from app.ledger import service as ledger_service
 from tests.auction.helpers import (
+    FUNDS,
     Json,
+    amend,
+    amended,
     assert_nothing_held,
     auctioneer,
+    bidder,
     cash,
     closed,
     create_auction,
+    own_bids,
     place,
     placed,
     results,
 )
-from tests.factories import Org, create_org, deposit
+from tests.factories import Org
 from tests.offsets.helpers import assert_books_clean, assert_problem
 
-FUNDS = 1_000_000
-
 HoldRow = tuple[uuid.UUID, int, int, str]  # id, amount, remaining, status
-
-
-async def bidder(client: httpx.AsyncClient, funds: int = FUNDS, **fields: Any) -> Org:
-    org = await create_org(client, **fields)
-    await deposit(client, org, funds)
-    return org
 
 
 async def withdraw(client: httpx.AsyncClient, org: Org, auction: Json, bid: Json) -> None:
     r = await client.delete(f"/v1/auctions/{auction['id']}/bids/{bid['id']}", headers=org.headers)
     assert r.status_code == 204, r.text
-
-
-async def amend(
-    client: httpx.AsyncClient, org: Org, auction: Json, bid: Json, **body: Any
-) -> httpx.Response:
-    return await client.patch(
-        f"/v1/auctions/{auction['id']}/bids/{bid['id']}", json=body, headers=org.headers
-    )
-
-
-async def amended(
-    client: httpx.AsyncClient, org: Org, auction: Json, bid: Json, **body: Any
-) -> Json:
-    r = await amend(client, org, auction, bid, **body)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def own_bids(client: httpx.AsyncClient, org: Org, auction: Json) -> list[Json]:
-    r = await client.get(f"/v1/auctions/{auction['id']}/bids", headers=org.headers)
-    assert r.status_code == 200, r.text
-    return list(r.json())
 
 
 async def holds_of_bids(session: AsyncSession, auction: Json, org: Org) -> list[HoldRow]:

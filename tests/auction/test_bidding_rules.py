@@ -24,54 +24,28 @@ from app.auction.tasks import create_all_series_auctions
 from app.db.session import create_sessionmaker
 from app.worker.resources import use_sessionmaker
 from tests.auction.helpers import (
+    FUNDS,
     Json,
+    amend,
+    amended,
     assert_nothing_held,
     auction_body,
     auctioneer,
     audit_document,
+    bidder,
     cash,
     close_by_clock,
     closed,
     create_auction,
+    own_bids,
     place,
     placed,
     results,
 )
 from tests.auction.test_scheduling import create_series, series_auctions
-from tests.factories import Org, create_org, deposit
+from tests.factories import create_org
 from tests.offsets.helpers import assert_books_clean, assert_problem
 from tests.offsets.test_concurrency import wait_for_lock_waiters
-
-FUNDS = 1_000_000
-
-
-async def bidder(client: httpx.AsyncClient, funds: int = FUNDS, **fields: Any) -> Org:
-    org = await create_org(client, **fields)
-    await deposit(client, org, funds)
-    return org
-
-
-async def amend(
-    client: httpx.AsyncClient, org: Org, auction: Json, bid: Json, **body: Any
-) -> httpx.Response:
-    return await client.patch(
-        f"/v1/auctions/{auction['id']}/bids/{bid['id']}", json=body, headers=org.headers
-    )
-
-
-async def amended(
-    client: httpx.AsyncClient, org: Org, auction: Json, bid: Json, **body: Any
-) -> Json:
-    r = await amend(client, org, auction, bid, **body)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def own_bids(client: httpx.AsyncClient, org: Org, auction: Json) -> list[Json]:
-    r = await client.get(f"/v1/auctions/{auction['id']}/bids", headers=org.headers)
-    assert r.status_code == 200, r.text
-    return list(r.json())
-
 
 # --- undersubscription -------------------------------------------------------------------
 

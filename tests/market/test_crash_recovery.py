@@ -121,8 +121,16 @@ async def test_kill_during_load_then_restart(
     requested = {str(o.id) for o in stored.values() if o.cancel_reason == "requested"}
     assert load.cancelled <= requested <= load.cancelled | load.cancels_in_flight
 
-    # A new server on the same database: the same book, and it matches against it.
+    # A new server on the same database: the same book, and it matches against it. It first
+    # takes one resting order on each side, priced outside the load's range (mid ± 15), so the
+    # book is compared on both sides whatever the interleaving and the kill left resting.
     (restarted,) = await servers.start(1)
+    for side, price in (("sell", MID + 20), ("buy", MID - 20)):
+        body = {"product": m.code, "side": side, "price": price, "quantity": 5}
+        async with httpx.AsyncClient(base_url=restarted.base_url, timeout=30) as c:
+            r = await c.post("/v1/orders", json=body, headers=holdings[0].org.headers)
+        assert r.status_code == 201, r.text
+        assert r.json()["status"] == "open"
     before = await book_from_database(session, m)
     async with httpx.AsyncClient(base_url=restarted.base_url, timeout=30) as c:
         r = await c.get(f"/v1/markets/{m.code}/book", params={"depth": 100})
