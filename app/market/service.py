@@ -71,9 +71,10 @@ Holds cannot be taken before the product lock: a hold locks the owner's accounts
 commit, and the transaction holding the product lock may need those accounts to settle a fill
 against that owner's resting order, a deadlock. Rebuilding the book costs O(open orders of the
 product) per lock acquisition: acceptable at this scale; an in-process cache of the book with
-a version check is the next step there. On the shared 2-core machine the CPU is then
-saturated: 1,000 orders/s on one product needs less Python and SQL work per order (the
-request, authentication, the ORM, the hold and settlement calls), not fewer waits.
+a version check is the next step there. Within a group each order still makes its own hold,
+serial-block and settlement calls, so a group's time under the lock grows with its size and
+is mostly waiting on PostgreSQL: 1,000 orders/s on one product needs those done per group in
+set-based calls, as an auction close does (README, "The order path's round trips").
 """
 
 from __future__ import annotations
