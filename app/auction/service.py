@@ -16,9 +16,9 @@ another one taken first, so the caps (``max_bids_per_bidder`` over the bidder's 
 is held by the ledger, which refuses to go below zero. A bidder has one cash hold per auction,
 shared by its active bids and always equal to the sum of their ``price × quantity``: placing a
 bid grows it (``ledger.add_to_hold``), withdrawing one gives back that bid's part, amending
-one changes it by the difference, so the close settles one hold per bidder. The group is the organisation's
-``group`` when the bid is placed, stored on the bid: the caps, the close and the audit all use
-that one.
+one changes it by the difference, so the close settles one hold per bidder. The group is the
+organisation's ``group`` when the bid is placed, stored on the bid: the caps, the close and
+the audit all use that one.
 
 The reserve price is confidential until clearing: :func:`visible_reserve` is the only way a
 read model gets it.

@@ -38,8 +38,9 @@ Every step is batched: a close costs a fixed number of statements plus a few per
 and per carried batch, whatever the number of bids (``bench/auction_close``).
 
 Locks, always in this order: auction row (every change of a bid first takes it, so the bids
-read after it cannot change) → series row → the next auction's row → batches (ascending id: the supply rows are in batch id order and settled in that order, and
-carried credits are held again afterwards, in batch id order, under locks already held) →
+read after it cannot change) → series row → the next auction's row → batches (ascending id:
+the supply rows are in batch id order and settled in that order, and carried credits are held
+again afterwards, in batch id order, under locks already held) →
 their credit holds and credit accounts (under the batch lock, as every registry operation
 does) → the bidders' cash holds (one ``SELECT … FOR UPDATE`` in hold id order) → every cash
 account touched (one posting call, which locks its accounts in account id order).
