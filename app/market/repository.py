@@ -6,19 +6,44 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, or_, select, text
+from sqlalchemy import Select, bindparam, or_, select, text
 
 from app.core.pagination import Page, PageParams
 from app.core.repository import Repository
 from app.market.models import OPEN_STATUSES, MarketOrder, MarketTrade, Product
+
+# The order path's statements, built once: building one (its column comparisons) costs more
+# Python than running it, and these run on every order.
+_PRODUCT_BY_CODE = select(Product).where(Product.code == bindparam("code"))
+_LOCK_AND_RELOAD = (
+    select(Product)
+    .from_statement(text("SELECT * FROM market_lock_product(:id)"))
+    .execution_options(populate_existing=True)
+)
+# ``status = … OR status = …`` rather than ``IN``: an IN list is an expanding parameter, whose
+# SQL is rendered again on every execution.
+_OPEN_ORDERS = (
+    select(MarketOrder)
+    .where(
+        MarketOrder.product_id == bindparam("product_id"),
+        or_(*(MarketOrder.status == status for status in OPEN_STATUSES)),
+    )
+    .order_by(MarketOrder.sequence)
+    .execution_options(populate_existing=True)
+)
+_BY_CLIENT_ID = select(MarketOrder).where(
+    MarketOrder.organization_id == bindparam("organization_id"),
+    MarketOrder.client_order_id == bindparam("client_order_id"),
+)
 
 
 class ProductRepository(Repository[Product]):
     model = Product
 
     async def by_code(self, code: str) -> Product | None:
-        stmt = select(Product).where(Product.code == code)
-        result: Product | None = (await self.session.execute(stmt)).scalar_one_or_none()
+        result: Product | None = (
+            await self.session.execute(_PRODUCT_BY_CODE, {"code": code})
+        ).scalar_one_or_none()
         return result
 
     async def reload(self, product_id: uuid.UUID) -> Product:
@@ -40,12 +65,9 @@ class ProductRepository(Repository[Product]):
     async def lock_and_reload(self, product_id: uuid.UUID) -> Product:
         """``lock`` then ``reload`` in one round trip (``market_lock_product``, migration 0013:
         a PL/pgSQL function whose query, run after the lock, sees the row as it is now)."""
-        stmt = (
-            select(Product)
-            .from_statement(text("SELECT * FROM market_lock_product(:id)"))
-            .execution_options(populate_existing=True)
-        )
-        product: Product = (await self.session.execute(stmt, {"id": product_id})).scalar_one()
+        product: Product = (
+            await self.session.execute(_LOCK_AND_RELOAD, {"id": product_id})
+        ).scalar_one()
         return product
 
     async def list_all(self) -> Sequence[Product]:
@@ -57,18 +79,8 @@ class OrderRepository(Repository[MarketOrder]):
 
     async def open_orders(self, product_id: uuid.UUID) -> list[MarketOrder]:
         """The product's resting orders in sequence (time priority) order."""
-        # ``status = … OR status = …`` rather than ``IN``: an IN list is an expanding parameter,
-        # whose SQL is rendered again on every execution (this runs on every order).
-        stmt = (
-            select(MarketOrder)
-            .where(
-                MarketOrder.product_id == product_id,
-                or_(*(MarketOrder.status == status for status in OPEN_STATUSES)),
-            )
-            .order_by(MarketOrder.sequence)
-            .execution_options(populate_existing=True)
-        )
-        return list((await self.session.execute(stmt)).scalars().all())
+        result = await self.session.execute(_OPEN_ORDERS, {"product_id": product_id})
+        return list(result.scalars().all())
 
     async def own(
         self, organization_id: uuid.UUID, order_id: uuid.UUID, *, for_update: bool = False
@@ -84,11 +96,12 @@ class OrderRepository(Repository[MarketOrder]):
     async def by_client_id(
         self, organization_id: uuid.UUID, client_order_id: str
     ) -> MarketOrder | None:
-        stmt = select(MarketOrder).where(
-            MarketOrder.organization_id == organization_id,
-            MarketOrder.client_order_id == client_order_id,
-        )
-        result: MarketOrder | None = (await self.session.execute(stmt)).scalar_one_or_none()
+        result: MarketOrder | None = (
+            await self.session.execute(
+                _BY_CLIENT_ID,
+                {"organization_id": organization_id, "client_order_id": client_order_id},
+            )
+        ).scalar_one_or_none()
         return result
 
     async def list_own(self, organization_id: uuid.UUID, params: PageParams) -> Page[MarketOrder]:
