@@ -71,7 +71,6 @@ from app.auction.errors import (
 )
 from app.auction.models import (
     Auction,
-    AuctionBid,
     AuctionResult,
     AuctionSeries,
     AuctionStatus,
@@ -87,17 +86,6 @@ from app.offsets import service as offsets_service
 
 FINAL = frozenset({AuctionStatus.cleared, AuctionStatus.settled, AuctionStatus.cancelled})
 SETTLEMENT_KIND = "auction_settlement"
-
-
-def clearing_bid(bid: AuctionBid) -> clearing.Bid:
-    return clearing.Bid(
-        id=str(bid.id),
-        bidder=str(bid.bidder_organization_id),
-        price=bid.price,
-        quantity=bid.quantity,
-        submitted_seq=bid.submitted_seq,
-        group=bid.group,  # as captured at bid time: the per-group cap applies at clearing
-    )
 
 
 # --- pure helpers ----------------------------------------------------------------------

@@ -66,20 +66,6 @@ async def get_batch(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Batch, 
     return (row[0], row[1]) if row else None
 
 
-def _to_pure(b: Block) -> serials.Block:
-    return serials.Block(
-        id=b.id,
-        batch_id=b.batch_id,
-        holder=b.holder_organization_id,
-        serial_start=b.serial_start,
-        serial_end=b.serial_end,
-        state=serials.BlockState(b.state),
-        parent_ids=tuple(b.parent_ids),
-        hold_ref=b.hold_id,
-        retirement_ref=b.retirement_id,
-    )
-
-
 _LIVE_BLOCKS_SQL = (
     "SELECT id, batch_id, holder_organization_id, serial_start, serial_end, state, parent_ids,"
     " hold_id, retirement_id FROM offset_blocks WHERE batch_id = :batch AND closed_at IS NULL"

@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.auction import commitments
 from app.auction.audit import recompute
-from app.auction.models import AuctionBid, share_cap
+from app.auction.models import share_cap
 from app.auction.schemas import AuctionSeriesCreate
-from app.auction.settlement import clearing_bid
+from app.auction.settlement import _active_bids
 from app.auction.tasks import create_all_series_auctions
 from app.db.session import create_sessionmaker
 from app.worker.resources import use_sessionmaker
@@ -259,16 +259,23 @@ class TestGroupCaps:
         assert any("allocations" in p for p in problems), problems
         await assert_books_clean(session)
 
-    def test_the_close_clears_with_the_captured_group(self) -> None:
-        bid = AuctionBid(
-            id=uuid.uuid4(),
-            bidder_organization_id=uuid.uuid4(),
-            price=100,
-            quantity=10,
-            submitted_seq=7,
-            group="Mitsu",
+    async def test_the_close_clears_with_the_captured_group(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        """What the close reads for the clearing is the group captured on the bid, not the
+        organisation's group now."""
+        seller = await auctioneer(client)
+        auction = await create_auction(client, seller)
+        a = await bidder(client, group="Mitsu")
+        bid = await placed(client, a, auction, 100, 10)
+        await session.execute(
+            text("UPDATE organizations SET \"group\" = 'Other' WHERE id = :id"), {"id": a.id}
         )
-        assert clearing_bid(bid).group == "Mitsu"
+        await session.commit()
+        async with session.begin():
+            await session.execute(text("SELECT 1"))  # the close reads inside its transaction
+            (entered,), _ = await _active_bids(session, uuid.UUID(auction["id"]))
+        assert (entered.id, entered.group) == (bid["id"], "Mitsu")
 
     async def test_an_audit_without_groups_still_verifies(self, client: httpx.AsyncClient) -> None:
         """Documents published before groups were: no ``group`` key means no group."""

@@ -13,6 +13,7 @@ from app.accounts.models import Organization, OrganizationKind
 from app.ledger import service as ledger
 from app.ledger.models import AccountKind, AssetKind, Entry, Posting
 from app.ledger.posting import transfer
+from app.ledger.verify import run_checks
 
 _names = count(1)
 
@@ -86,3 +87,21 @@ async def entry_count(session: AsyncSession) -> int:
 
 async def posting_count(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(Posting)) or 0)
+
+
+async def assert_verified(session: AsyncSession) -> None:
+    """Every ledger check passes (the read's transaction is ended after)."""
+    failed = {r.name: r.violations for r in await run_checks(session) if not r.ok}
+    await session.rollback()
+    assert failed == {}
+
+
+async def trace(session: AsyncSession, hold_id: uuid.UUID) -> list[tuple[str, str | None, int]]:
+    """The hold's entries in order: (kind, reference, amount into the destination)."""
+    rows = await session.execute(
+        select(Entry.kind, Entry.reference, Posting.amount)
+        .join(Posting, Posting.entry_id == Entry.id)
+        .where(Entry.metadata_["hold_id"].astext == str(hold_id), Posting.amount > 0)
+        .order_by(Posting.id)
+    )
+    return [(kind, reference, int(amount)) for kind, reference, amount in rows]

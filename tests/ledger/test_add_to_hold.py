@@ -30,24 +30,19 @@ from app.ledger.errors import HoldNotActive, HoldNotFound, InsufficientBalance, 
 from app.ledger.models import AccountKind, Entry, HoldStatus, Posting
 from app.ledger.posting import MAX_AMOUNT
 from app.ledger.service import CASH
-from app.ledger.verify import run_checks
 from tests.conftest import _truncate as truncate
 from tests.ledger.helpers import (
+    assert_verified,
     available_and_held,
     entry_count,
     fund,
     make_credit_asset,
     make_org,
     posting_count,
+    trace,
 )
 
 FUNDS = 1_000
-
-
-async def assert_verified(session: AsyncSession) -> None:
-    failed = {r.name: r.violations for r in await run_checks(session) if not r.ok}
-    await session.rollback()
-    assert failed == {}
 
 
 async def hold_row(session: AsyncSession, hold_id: uuid.UUID) -> tuple[int, int, str, str | None]:
@@ -59,17 +54,6 @@ async def hold_row(session: AsyncSession, hold_id: uuid.UUID) -> tuple[int, int,
         )
     ).one()
     return int(row[0]), int(row[1]), str(row[2]), row[3]
-
-
-async def trace(session: AsyncSession, hold_id: uuid.UUID) -> list[tuple[str, str | None, int]]:
-    """The hold's entries in order: (kind, reference, amount into the destination)."""
-    rows = await session.execute(
-        select(Entry.kind, Entry.reference, Posting.amount)
-        .join(Posting, Posting.entry_id == Entry.id)
-        .where(Entry.metadata_["hold_id"].astext == str(hold_id), Posting.amount > 0)
-        .order_by(Posting.id)
-    )
-    return [(kind, reference, int(amount)) for kind, reference, amount in rows]
 
 
 async def snapshot(session: AsyncSession, org: uuid.UUID, hold_id: uuid.UUID) -> tuple[Any, ...]:

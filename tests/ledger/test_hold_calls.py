@@ -18,30 +18,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ledger import service as ledger
 from app.ledger.errors import HoldNotActive, HoldNotFound, InsufficientBalance, InvalidEntry
-from app.ledger.models import AccountKind, AssetKind, Entry, Hold, HoldStatus, Posting
+from app.ledger.models import AccountKind, AssetKind, Hold, HoldStatus
 from app.ledger.posting import MAX_AMOUNT
 from app.ledger.service import CASH
-from app.ledger.verify import run_checks
-from tests.ledger.helpers import available_and_held, balance, entry_count, fund
+from tests.ledger.helpers import (
+    assert_verified,
+    available_and_held,
+    balance,
+    entry_count,
+    fund,
+    trace,
+)
 
 FUNDS = 1_000
 Step = Callable[[AsyncSession, uuid.UUID, uuid.UUID], Awaitable[None]]
-
-
-async def assert_verified(session: AsyncSession) -> None:
-    failed = {r.name: r.violations for r in await run_checks(session) if not r.ok}
-    assert failed == {}
-
-
-async def trace(session: AsyncSession, hold_id: uuid.UUID) -> list[tuple[str, str | None, int]]:
-    """The hold's entries in order: (kind, reference, amount into the destination)."""
-    rows = await session.execute(
-        select(Entry.kind, Entry.reference, Posting.amount)
-        .join(Posting, Posting.entry_id == Entry.id)
-        .where(Entry.metadata_["hold_id"].astext == str(hold_id), Posting.amount > 0)
-        .order_by(Posting.id)
-    )
-    return [(kind, reference, int(amount)) for kind, reference, amount in rows]
 
 
 def expected(spec: list[tuple[str, int | None]]) -> tuple[Any, ...]:
