@@ -24,6 +24,7 @@ from app.core.ids import new_id
 from app.core.pagination import Page, PageParams, make_page
 from app.core.repository import parse_uuid_cursor
 from app.core.time import utc_now
+from app.db.deferred import LedgerOp, deferred
 from app.db.driver import DatabaseRefusal, scalar_call
 from app.ledger.errors import (
     AccountNotFound,
@@ -131,6 +132,9 @@ async def post_entries(session: AsyncSession, entries: Sequence[EntrySpec]) -> l
     ``idempotency_key`` was already used is skipped (it was written before)."""
     if not entries:
         return []
+    if (writes := deferred(session)) is not None:
+        writes.ledger += [_deferred_transfer(entry) for entry in entries]
+        return [entry.id for entry in entries]
     leg_entries: list[uuid.UUID] = []
     leg_accounts: list[uuid.UUID] = []
     leg_assets: list[str] = []
@@ -165,6 +169,27 @@ async def post_entries(session: AsyncSession, entries: Sequence[EntrySpec]) -> l
             raise refusal.__cause__ or refusal from None
         raise translated from refusal
     return list(written or [])
+
+
+def _deferred_transfer(entry: EntrySpec) -> LedgerOp:
+    """A deferred entry (``app.db.deferred``): only a plain two-leg transfer is deferrable."""
+    try:
+        validate_legs(entry.legs)
+    except EntryError as exc:
+        raise InvalidEntry(str(exc)) from exc
+    if len(entry.legs) != 2 or entry.idempotency_key is not None or entry.metadata is not None:
+        raise RuntimeError("only a plain two-leg transfer can be deferred")
+    source, destination = sorted(entry.legs, key=lambda leg: leg.amount)
+    return LedgerOp(
+        "transfer",
+        entry.id,
+        asset=destination.asset,
+        amount=destination.amount,
+        source=source.account_id,
+        destination=destination.account_id,
+        entry_kind=entry.kind,
+        reference=entry.reference,
+    )
 
 
 async def post_entry(session: AsyncSession, entry: EntrySpec) -> uuid.UUID | None:
@@ -204,7 +229,10 @@ def _translate_sqlstate(sqlstate: str | None, message: str) -> Exception | None:
 # ``ledger_hold_take``) straight through the driver, not three to five statements: the order
 # path runs them under its product lock, so every round trip saved there is throughput.
 # ``ledger_post_entries`` still writes every posting (same entries, kinds, references and
-# ``hold_id`` metadata as ever).
+# ``hold_id`` metadata as ever). While the session defers its writes (``app.db.deferred``: a
+# group of orders), ``reserve``, ``settle_hold``, ``release`` (of a known amount),
+# ``release_rest`` and plain two-leg ``post_entries`` are recorded instead, and sent with the
+# group's other writes in one call (``tanso_apply_deferred``, migration 0015).
 
 _RESERVE_FAST_SQL = "SELECT ledger_hold_reserve($1, $2, $3, $4, $5, $6)"
 _TAKE_FAST_SQL = "SELECT ledger_hold_take($1, $2, $3, $4, $5, $6, $7)"
@@ -265,6 +293,13 @@ async def reserve(
     trip (``ledger_hold_reserve``). Returns the hold id."""
     _check_amount(amount)
     hold_id = new_id()
+    if (writes := deferred(session)) is not None:
+        writes.ledger.append(
+            LedgerOp(
+                "reserve", new_id(), hold_id, organization_id, asset, amount, reference=reference
+            )
+        )
+        return hold_id
     await _hold_call(
         session,
         _RESERVE_FAST_SQL,
@@ -297,12 +332,10 @@ async def settle_hold(
     """Pay ``amount`` out of a hold to ``destination`` (an account of the same asset), in one
     round trip (``ledger_hold_take``)."""
     _check_amount(amount)
-    await _hold_call(
-        session,
-        _TAKE_FAST_SQL,
-        [hold_id, amount, destination, new_id(), kind, reference, False],
-        hold_id,
-    )
+    args = [hold_id, amount, destination, new_id(), kind, reference, False]
+    if _defer_take(session, args):
+        return
+    await _hold_call(session, _TAKE_FAST_SQL, args, hold_id)
 
 
 async def release(
@@ -316,23 +349,45 @@ async def release(
     balance, in one round trip (``ledger_hold_take``). Returns the amount released."""
     if amount is not None:
         _check_amount(amount)
-    taken = await _hold_call(
-        session,
-        _TAKE_FAST_SQL,
-        [hold_id, amount, None, new_id(), "release", reference, False],
-        hold_id,
-    )
+    args = [hold_id, amount, None, new_id(), "release", reference, False]
+    if amount is None and deferred(session) is not None:
+        raise RuntimeError("releasing a whole hold cannot be deferred: use release_rest")
+    if amount is not None and _defer_take(session, args):
+        return amount
+    taken = await _hold_call(session, _TAKE_FAST_SQL, args, hold_id)
     return int(taken)
 
 
-async def release_rest(session: AsyncSession, hold_id: uuid.UUID) -> int:
+async def release_rest(session: AsyncSession, hold_id: uuid.UUID) -> int | None:
     """Give back whatever a hold has left, in one round trip; a used-up (closed) hold is no
     error and nothing is written (a closed order's hold, usually spent by its fills). Returns
-    the amount released."""
-    taken = await _hold_call(
-        session, _TAKE_FAST_SQL, [hold_id, None, None, new_id(), "release", None, True], hold_id
-    )
+    the amount released (None when deferred: it is known only once sent)."""
+    args = [hold_id, None, None, new_id(), "release", None, True]
+    if _defer_take(session, args):
+        return None
+    taken = await _hold_call(session, _TAKE_FAST_SQL, args, hold_id)
     return int(taken)
+
+
+def _defer_take(session: AsyncSession, args: list[Any]) -> bool:
+    """Record a ``ledger_hold_take`` call (its ``args``) if the session defers its writes."""
+    writes = deferred(session)
+    if writes is None:
+        return False
+    hold_id, amount, destination, entry_id, kind, reference, rest_only = args
+    writes.ledger.append(
+        LedgerOp(
+            "take",
+            entry_id,
+            hold_id,
+            amount=amount,
+            destination=destination,
+            entry_kind=kind,
+            reference=reference,
+            rest_only=rest_only,
+        )
+    )
+    return True
 
 
 # --- batched holds (settling many at once: an auction close) ---------------------------

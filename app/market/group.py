@@ -23,6 +23,10 @@ in arrival order exactly as it would one at a time, then flushes, notifies and c
   middleware owns (their stored response must commit with their effects), and so do orders on
   products that are not continuous (call auctions collect their orders in any case).
 
+- On a batch product, a group's ledger and serial-block writes are recorded and sent in one
+  call at the end (``app.db.deferred``, see ``app.market.service``): the group's time under
+  the lock no longer grows by a round trip per hold, payment and block change.
+
 Across processes nothing changes: each process's groups queue on the same advisory lock.
 """
 

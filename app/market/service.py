@@ -71,10 +71,19 @@ Holds cannot be taken before the product lock: a hold locks the owner's accounts
 commit, and the transaction holding the product lock may need those accounts to settle a fill
 against that owner's resting order, a deadlock. Rebuilding the book costs O(open orders of the
 product) per lock acquisition: acceptable at this scale; an in-process cache of the book with
-a version check is the next step there. Within a group each order still makes its own hold,
-serial-block and settlement calls, so a group's time under the lock grows with its size and
-is mostly waiting on PostgreSQL: 1,000 orders/s on one product needs those done per group in
-set-based calls, as an auction close does (README, "The order path's round trips").
+a version check is the next step there.
+
+In a group of orders on a batch product, the holds, payments, fees and serial-block changes
+are not sent one by one: ``app.db.deferred`` records them in order while the group is placed
+(the registry works on its own copy of the live blocks, read for every organisation the group
+involves in one statement) and sends them in one call of ``tanso_apply_deferred`` (migration
+0015), which writes the hold rows in order, posts every entry in one ``ledger_post_entries``
+call (balances checked after each leg, in order: the refusals of one call per operation) and
+the blocks' net change in two statements. A refusal then surfaces from that call; the group
+is rolled back and placed one order at a time, where each refusal has its own answer. A
+category product's groups still write as they go (a sell there reads its balances between
+the writes). ``tests/market/test_deferred_group.py`` checks that a group leaves exactly what
+the same orders placed one at a time leave.
 """
 
 from __future__ import annotations
@@ -83,6 +92,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -96,6 +106,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.core.ids import new_id
 from app.core.pagination import Page, PageParams
 from app.core.time import utc_now
+from app.db import deferred as deferred_writes
 from app.ledger import service as ledger_service
 from app.ledger.errors import LedgerInvariantViolated
 from app.ledger.models import Account, AccountKind, Hold, HoldStatus
@@ -1071,14 +1082,27 @@ async def place_orders(
 
     # Then each order in turn: its holds (a shortfall raises: the transaction rolls back,
     # nothing is written), its row, its fills and what ends.
+    # In a group on one batch, the holds, payments, fees and serial-block changes are
+    # recorded and sent in one call at the end (``app.db.deferred``): the same writes in the
+    # same order, without a round trip each. A refusal then surfaces from ``send`` (the group
+    # is rolled back and placed one order at a time, where it has its own answer). A category
+    # product's sells read balances between the writes, so its groups write as they go.
+    defer = len(incoming) > 1 and product.batch_id is not None and not collecting
     placed_orders: list[PlacedOrder] = []
     notify: list[dict[str, Any]] = []
-    for i in incoming:
-        placed = await _hold_and_settle(
-            session, product, i, sell_batches, by_id, accounts, held_credits
-        )
-        placed_orders.append(placed)
-        notify += [trade_event(t) for t in placed.trades] + i.levels
+    async with deferred_writes.deferring(session) if defer else nullcontext():
+        if defer:
+            assert product.batch_id is not None
+            involved = {i.organization_id for i in incoming}
+            involved |= {known[_maker(fill)][0] for i in incoming for fill in i.fills}
+            await offsets_service.read_live_blocks(session, product.batch_id, sorted(involved))
+        for i in incoming:
+            placed = await _hold_and_settle(
+                session, product, i, sell_batches, by_id, accounts, held_credits
+            )
+            placed_orders.append(placed)
+            notify += [trade_event(t) for t in placed.trades] + i.levels
+        await deferred_writes.send(session)
     traded = any(p.trades for p in placed_orders)
     if traded:
         _defer_product_write(product)

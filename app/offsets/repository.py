@@ -12,7 +12,8 @@ from sqlalchemy import and_, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.time import utc_now
-from app.db.driver import DatabaseRefusal, scalar_call
+from app.db import deferred as deferred_writes
+from app.db.driver import DatabaseRefusal, fetch_rows, scalar_call
 from app.offsets import serials
 from app.offsets.models import (
     POOL_SHARDS,
@@ -83,6 +84,13 @@ _LIVE_BLOCKS_OF_SQL = text(
     " ORDER BY serial_start"
 )
 _ALL_LIVE_BLOCKS_SQL = text(_LIVE_BLOCKS_SQL + " ORDER BY serial_start")
+# The same through the driver (``$n`` placeholders), for the copy kept while deferring: a group
+# reads hundreds of blocks at once, where SQLAlchemy's row processing costs more than the query.
+_LIVE_BLOCKS_OF_DRIVER_SQL = (
+    _LIVE_BLOCKS_OF_SQL.text.replace(":batch", "$1")
+    .replace("CAST(:holders AS uuid[])", "$2::uuid[]")
+    .replace(":hold", "$3::uuid")
+)
 
 
 async def live_blocks(
@@ -94,7 +102,15 @@ async def live_blocks(
 ) -> list[serials.Block]:
     """Live blocks of a batch, of some holders (or all), or those of one hold's holder. Two
     fixed statements, rows straight to pure blocks: the order path runs this under its lock,
-    where building an ORM query and its objects cost more than the query."""
+    where building an ORM query and its objects cost more than the query.
+
+    While the session defers its writes (``app.db.deferred``), the blocks come from the copy
+    kept in step with the deferred changes (``_LiveCopy``): a holder's blocks are read from
+    the database the first time they are asked for, and from the copy after."""
+    if (writes := deferred_writes.deferred(session)) is not None:
+        if holders is None and hold_id is None:
+            raise RuntimeError("a batch's every live block cannot be read while deferring")
+        return await _live_copy(writes).of(session, batch_id, list(holders or ()), hold_id)
     if holders is None and hold_id is None:
         result = await session.execute(_ALL_LIVE_BLOCKS_SQL, {"batch": batch_id})
     else:
@@ -102,20 +118,99 @@ async def live_blocks(
             _LIVE_BLOCKS_OF_SQL,
             {"batch": batch_id, "holders": list(holders or ()), "hold": hold_id},
         )
-    return [
-        serials.Block(
-            id=block_id,
-            batch_id=batch,
-            holder=holder,
-            serial_start=start,
-            serial_end=end,
-            state=serials.BlockState(state),
-            parent_ids=tuple(parents),
-            hold_ref=hold,
-            retirement_ref=retirement,
+    return [_block(row) for row in result.all()]
+
+
+def _block(row: Sequence[Any]) -> serials.Block:
+    block_id, batch, holder, start, end, state, parents, hold, retirement = row
+    return serials.Block(
+        id=block_id,
+        batch_id=batch,
+        holder=holder,
+        serial_start=start,
+        serial_end=end,
+        state=serials.BlockState(state),
+        parent_ids=tuple(parents),
+        hold_ref=hold,
+        retirement_ref=retirement,
+    )
+
+
+class _LiveCopy:
+    """The live blocks of the holders read so far, per batch, with the deferred changes
+    applied. Correct because a change only ever touches blocks of holders it was given the
+    blocks of (the pure operations take, close and merge only among the blocks passed in),
+    so the database is still right about every holder not read yet."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[uuid.UUID, dict[uuid.UUID, serials.Block]] = {}
+        self.holders: dict[uuid.UUID, set[uuid.UUID]] = {}
+
+    async def load(
+        self,
+        session: AsyncSession,
+        batch_id: uuid.UUID,
+        holders: Sequence[uuid.UUID],
+        hold_id: uuid.UUID | None = None,
+    ) -> None:
+        """Read the holders' blocks (and the hold's holder's) that are not in the copy yet."""
+        known = self.holders.setdefault(batch_id, set())
+        blocks = self.blocks.setdefault(batch_id, {})
+        missing = [h for h in dict.fromkeys(holders) if h not in known]
+        if not missing and (hold_id is None or self._holder_of(batch_id, hold_id)):
+            return
+        rows = await fetch_rows(session, _LIVE_BLOCKS_OF_DRIVER_SQL, [batch_id, missing, hold_id])
+        for row in rows:
+            block = _block(row)
+            if block.holder not in known:
+                blocks[block.id] = block
+        known.update(missing)
+        known.update(b.holder for b in blocks.values() if b.hold_ref == hold_id and hold_id)
+
+    def _holder_of(self, batch_id: uuid.UUID, hold_id: uuid.UUID) -> uuid.UUID | None:
+        for block in self.blocks.get(batch_id, {}).values():
+            if block.hold_ref == hold_id:
+                return block.holder
+        return None
+
+    async def of(
+        self,
+        session: AsyncSession,
+        batch_id: uuid.UUID,
+        holders: list[uuid.UUID],
+        hold_id: uuid.UUID | None,
+    ) -> list[serials.Block]:
+        await self.load(session, batch_id, holders, hold_id)
+        wanted = set(holders)
+        if hold_id is not None and (owner := self._holder_of(batch_id, hold_id)) is not None:
+            wanted.add(owner)
+        return sorted(
+            (b for b in self.blocks[batch_id].values() if b.holder in wanted),
+            key=lambda b: b.serial_start,
         )
-        for block_id, batch, holder, start, end, state, parents, hold, retirement in result.all()
-    ]
+
+    def apply(self, change: serials.BlockChange) -> None:
+        for block in change.closed:
+            del self.blocks[block.batch_id][block.id]
+        for block in change.created:
+            self.blocks[block.batch_id][block.id] = block
+
+
+_LIVE_COPY = "offsets.live_blocks"
+
+
+def _live_copy(writes: deferred_writes.DeferredWrites) -> _LiveCopy:
+    copy: _LiveCopy = writes.caches.setdefault(_LIVE_COPY, _LiveCopy())
+    return copy
+
+
+async def read_live_blocks(
+    session: AsyncSession, batch_id: uuid.UUID, holders: Iterable[uuid.UUID]
+) -> None:
+    """While deferring, read the holders' live blocks of the batch into the copy in one
+    statement (a group of orders reads those of every organisation it involves at once)."""
+    if (writes := deferred_writes.deferred(session)) is not None:
+        await _live_copy(writes).load(session, batch_id, list(holders))
 
 
 # Persisting a change is one call of ``offset_apply_change`` (migration 0013): close the old
@@ -125,31 +220,44 @@ _APPLY_CHANGE_SQL = "SELECT offset_apply_change($1, $2, $3, $4, $5, $6, $7, $8, 
 BLOCKS_CHANGED_SQLSTATE = "TN014"
 
 
+def _created_row(b: serials.Block) -> tuple[Any, ...]:
+    return (
+        b.id,
+        b.batch_id,
+        b.holder,
+        b.serial_start,
+        b.serial_end,
+        b.state.value,
+        b.hold_ref,
+        b.retirement_ref,
+        ",".join(str(p) for p in b.parent_ids),
+    )
+
+
 async def apply_change(session: AsyncSession, change: serials.BlockChange) -> None:
-    """Persist a pure change (close its old blocks, insert its new ones) in one round trip."""
-    created = change.created
+    """Persist a pure change (close its old blocks, insert its new ones) in one round trip,
+    or record it while the session defers its writes (``app.db.deferred``)."""
+    created = [_created_row(b) for b in change.created]
+    if (writes := deferred_writes.deferred(session)) is not None:
+        copy = _live_copy(writes)
+        copy.apply(change)
+        writes.blocks.append(deferred_writes.BlockChange([b.id for b in change.closed], created))
+        return
     try:
         await scalar_call(
             session,
             _APPLY_CHANGE_SQL,
-            [
-                [b.id for b in change.closed],
-                utc_now(),
-                [b.id for b in created],
-                [b.batch_id for b in created],
-                [b.holder for b in created],
-                [b.serial_start for b in created],
-                [b.serial_end for b in created],
-                [b.state.value for b in created],
-                [b.hold_ref for b in created],
-                [b.retirement_ref for b in created],
-                [",".join(str(p) for p in b.parent_ids) for b in created],
-            ],
+            [[b.id for b in change.closed], utc_now(), *(list(c) for c in _columns(created))],
         )
     except DatabaseRefusal as refusal:
         if refusal.sqlstate == BLOCKS_CHANGED_SQLSTATE:
             raise RuntimeError("serial blocks changed under a batch lock") from refusal
         raise refusal.__cause__ or refusal from None
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The 9 columns of ``offset_apply_change``'s new blocks."""
+    return list(zip(*rows, strict=True)) if rows else [()] * 9
 
 
 async def holdings(

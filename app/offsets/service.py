@@ -423,6 +423,14 @@ async def settle_credits_many(
 # change in one call and the ledger side in one call.
 
 
+async def read_live_blocks(
+    session: AsyncSession, batch_id: uuid.UUID, holders: Sequence[uuid.UUID]
+) -> None:
+    """While the session defers its writes (``app.db.deferred``), read the holders' live
+    blocks of the batch at once, for the ``*_locked`` operations below to work on."""
+    await repo.read_live_blocks(session, batch_id, holders)
+
+
 async def hold_credits_locked(
     session: AsyncSession,
     organization_id: uuid.UUID,

@@ -1,0 +1,192 @@
+"""A group's deferred writes (``app.db.deferred``): placing orders as one group on a batch
+product, with the holds, payments, fees and serial-block changes sent in one call, leaves
+exactly what placing the same orders one at a time leaves: the same fills, balances, trade
+serials and live blocks (serials counted from each batch's first), and clean checkers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.db.driver import DatabaseRefusal
+from app.db.session import create_sessionmaker
+from app.market import service as market_service
+from app.market.matching import OrderType, Side, TimeInForce
+from app.market.schemas import OrderCreate
+from tests.market.helpers import Market, assert_market_clean, cash, credits, market
+
+# (buyer or seller, its index, side, price, quantity, extra fields): crossing both ways, partial
+# fills, a sell spanning two resting buys, an IOC remainder cancelled, a market buy.
+SCENARIO: list[tuple[str, int, str, int | None, int, dict[str, Any]]] = [
+    ("buyer", 0, "buy", 990, 3, {}),
+    ("seller", 0, "sell", 1_000, 4, {}),
+    ("buyer", 1, "buy", 1_010, 2, {}),
+    ("seller", 1, "sell", 985, 5, {}),
+    ("buyer", 2, "buy", 1_000, 6, {}),
+    ("seller", 2, "sell", 1_005, 1, {}),
+    ("buyer", 0, "buy", 1_005, 2, {"time_in_force": "ioc"}),
+    ("seller", 0, "sell", 995, 2, {}),
+    ("buyer", 1, "buy", None, 1, {"type": "market"}),
+    ("seller", 1, "sell", 990, 3, {}),
+]
+
+
+def _items(m: Market) -> list[tuple[uuid.UUID, OrderCreate]]:
+    items = []
+    for role, index, side, price, quantity, extra in SCENARIO:
+        org = (m.buyers if role == "buyer" else m.sellers)[index]
+        items.append(
+            (
+                uuid.UUID(org.id),
+                OrderCreate(
+                    product=m.code,
+                    side=Side(side),
+                    price=price,
+                    quantity=quantity,
+                    type=OrderType(extra.get("type", "limit")),
+                    time_in_force=TimeInForce(extra.get("time_in_force", "gtc")),
+                ),
+            )
+        )
+    return items
+
+
+async def _outcome(
+    client: httpx.AsyncClient, session: AsyncSession, m: Market, placed: list[Any]
+) -> dict[str, Any]:
+    """What placing left, with ids replaced by positions and serials counted from the batch's
+    first serial."""
+    base = (
+        await session.execute(
+            text("SELECT min(serial_start) FROM offset_blocks WHERE batch_id = :b"),
+            {"b": m.batch_id},
+        )
+    ).scalar_one()
+    position = {p.order.id: i for i, p in enumerate(placed)}
+    orgs = {uuid.UUID(o.id): f"{role}{i}" for role, group in (("b", m.buyers), ("s", m.sellers))
+            for i, o in enumerate(group)}  # fmt: skip
+    orders = (
+        await session.execute(
+            text(
+                "SELECT id, status, filled_quantity, filled_amount, cancel_reason"
+                " FROM market_orders WHERE product_id = :p"
+            ),
+            {"p": m.product["id"]},
+        )
+    ).all()
+    trades = (
+        await session.execute(
+            text(
+                "SELECT buy_order_id, sell_order_id, price, quantity, buyer_fee, seller_fee,"
+                " serial_ranges FROM market_trades WHERE product_id = :p"
+            ),
+            {"p": m.product["id"]},
+        )
+    ).all()
+    blocks = (
+        await session.execute(
+            text(
+                "SELECT holder_organization_id, serial_start, serial_end, state,"
+                " hold_id IS NOT NULL FROM offset_blocks"
+                " WHERE batch_id = :b AND closed_at IS NULL"
+            ),
+            {"b": m.batch_id},
+        )
+    ).all()
+    await session.rollback()
+    return {
+        "orders": sorted(
+            (position[o.id], o.status, o.filled_quantity, o.filled_amount, o.cancel_reason)
+            for o in orders
+        ),
+        "trades": sorted(
+            (
+                position[t.buy_order_id],
+                position[t.sell_order_id],
+                t.price,
+                t.quantity,
+                t.buyer_fee,
+                t.seller_fee,
+                [[a - base, b - base] for a, b in t.serial_ranges],
+            )
+            for t in trades
+        ),
+        "blocks": sorted((orgs[b[0]], b[1] - base, b[2] - base, b[3], b[4]) for b in blocks),
+        "cash": {orgs[uuid.UUID(o.id)]: await cash(client, o) for o in m.buyers + m.sellers},
+        "credits": {
+            orgs[uuid.UUID(o.id)]: await credits(client, o, m.batch_id)
+            for o in m.buyers + m.sellers
+        },
+    }
+
+
+async def test_a_deferred_group_writes_what_one_by_one_writes(
+    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    sessions = create_sessionmaker(engine)
+    fees = {"maker_fee_bps": 10, "taker_fee_bps": 30}
+    grouped = await market(client, sellers=3, buyers=3, **fees)
+    alone = await market(client, sellers=3, buyers=3, **fees)
+
+    async with sessions() as s:  # one group: the writes deferred and sent at once
+        placed_grouped = await market_service.place_orders(
+            s, uuid.UUID(grouped.product["id"]), _items(grouped)
+        )
+        await s.commit()
+    placed_alone = []
+    for item in _items(alone):  # one order per transaction: the writes as they go
+        async with sessions() as s:
+            placed_alone += await market_service.place_orders(
+                s, uuid.UUID(alone.product["id"]), [item]
+            )
+            await s.commit()
+
+    assert await _outcome(client, session, grouped, placed_grouped) == await _outcome(
+        client, session, alone, placed_alone
+    )
+    # Something traded, and a sell's held blocks were made and closed within the group.
+    assert sum(len(p.trades) for p in placed_grouped) >= 5
+    await assert_market_clean(session)
+
+
+async def test_a_shortfall_inside_a_group_is_refused_and_leaves_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    """A buy that its buyer's cash cannot cover at its turn is refused even though a later
+    sale of the same buyer, in the same group, would have paid it enough by the end (the
+    ledger checks each balance after each leg, in order, as one call per order would), and
+    the whole group is rolled back."""
+    m = await market(client, sellers=2, buyers=1)
+    buyer = uuid.UUID(m.buyers[0].id)
+    trader = uuid.UUID(m.sellers[1].id)  # holds credits, no cash
+
+    def body(side: str, price: int) -> OrderCreate:
+        return OrderCreate(product=m.code, side=Side(side), price=price, quantity=1)
+
+    items = [
+        (buyer, body("buy", 1_000)),  # rests
+        (trader, body("buy", 999)),  # no cash at its turn: refused
+        (trader, body("sell", 1_000)),  # fills the first buy: 1,000 to the trader
+    ]
+    orgs = [m.buyers[0], m.sellers[1]]
+    before = [await cash(client, o) for o in orgs] + [
+        await credits(client, o, m.batch_id) for o in orgs
+    ]
+    async with create_sessionmaker(engine)() as s:
+        with pytest.raises(DatabaseRefusal) as refused:
+            await market_service.place_orders(s, uuid.UUID(m.product["id"]), items)
+        await s.rollback()
+    assert refused.value.sqlstate == "TN001"  # insufficient balance
+    after = [await cash(client, o) for o in orgs] + [
+        await credits(client, o, m.batch_id) for o in orgs
+    ]
+    assert after == before
+    stored = (await session.execute(text("SELECT count(*) FROM market_orders"))).scalar_one()
+    await session.rollback()
+    assert stored == 0
+    await assert_market_clean(session)
