@@ -23,7 +23,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -91,7 +90,7 @@ async def deferring(session: AsyncSession) -> AsyncIterator[DeferredWrites]:
         session.info.pop(_KEY, None)
 
 
-async def send(session: AsyncSession, now: datetime | None = None) -> None:
+async def send(session: AsyncSession) -> None:
     """Run what was recorded, in one round trip, and start recording afresh. A refusal
     raises ``DatabaseRefusal`` (the transaction must then be rolled back)."""
     writes = deferred(session)
@@ -129,7 +128,7 @@ async def send(session: AsyncSession, now: datetime | None = None) -> None:
             [op.entry_kind for op in ops],
             [op.reference for op in ops],
             [op.rest_only for op in ops],
-            now or utc_now(),
+            utc_now(),
             closed,
             *(list(column) for column in columns),
             [row[0] in gone for row in created],

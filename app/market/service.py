@@ -1082,11 +1082,7 @@ async def place_orders(
 
     # Then each order in turn: its holds (a shortfall raises: the transaction rolls back,
     # nothing is written), its row, its fills and what ends.
-    # In a group on one batch, the holds, payments, fees and serial-block changes are
-    # recorded and sent in one call at the end (``app.db.deferred``): the same writes in the
-    # same order, without a round trip each. A refusal then surfaces from ``send`` (the group
-    # is rolled back and placed one order at a time, where it has its own answer). A category
-    # product's sells read balances between the writes, so its groups write as they go.
+    # A group on one batch sends these writes in one call at the end (module docstring).
     defer = len(incoming) > 1 and product.batch_id is not None and not collecting
     placed_orders: list[PlacedOrder] = []
     notify: list[dict[str, Any]] = []

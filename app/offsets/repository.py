@@ -140,11 +140,15 @@ class _LiveCopy:
     """The live blocks of the holders read so far, per batch, with the deferred changes
     applied. Correct because a change only ever touches blocks of holders it was given the
     blocks of (the pure operations take, close and merge only among the blocks passed in),
-    so the database is still right about every holder not read yet."""
+    so the database is still right about every holder not read yet. Kept by holder, with the
+    holder of each hold that has held blocks, so an operation looks only at its holders'
+    blocks, as the database query would."""
 
     def __init__(self) -> None:
-        self.blocks: dict[uuid.UUID, dict[uuid.UUID, serials.Block]] = {}
-        self.holders: dict[uuid.UUID, set[uuid.UUID]] = {}
+        # batch -> holder -> block id -> block (a holder present here has been read)
+        self.blocks: dict[uuid.UUID, dict[uuid.UUID, dict[uuid.UUID, serials.Block]]] = {}
+        # hold -> (its holder, how many of its blocks are live)
+        self.holds: dict[uuid.UUID, tuple[uuid.UUID, int]] = {}
 
     async def load(
         self,
@@ -154,24 +158,22 @@ class _LiveCopy:
         hold_id: uuid.UUID | None = None,
     ) -> None:
         """Read the holders' blocks (and the hold's holder's) that are not in the copy yet."""
-        known = self.holders.setdefault(batch_id, set())
-        blocks = self.blocks.setdefault(batch_id, {})
+        known = self.blocks.setdefault(batch_id, {})
         missing = [h for h in dict.fromkeys(holders) if h not in known]
-        if not missing and (hold_id is None or self._holder_of(batch_id, hold_id)):
+        if not missing and (hold_id is None or hold_id in self.holds):
             return
         rows = await fetch_rows(session, _LIVE_BLOCKS_OF_DRIVER_SQL, [batch_id, missing, hold_id])
-        for row in rows:
-            block = _block(row)
-            if block.holder not in known:
-                blocks[block.id] = block
-        known.update(missing)
-        known.update(b.holder for b in blocks.values() if b.hold_ref == hold_id and hold_id)
+        fresh = [_block(row) for row in rows]
+        for holder in {*missing, *(b.holder for b in fresh)} - known.keys():
+            known[holder] = {}
+            self._add([b for b in fresh if b.holder == holder])
 
-    def _holder_of(self, batch_id: uuid.UUID, hold_id: uuid.UUID) -> uuid.UUID | None:
-        for block in self.blocks.get(batch_id, {}).values():
-            if block.hold_ref == hold_id:
-                return block.holder
-        return None
+    def _add(self, blocks: Iterable[serials.Block]) -> None:
+        for block in blocks:
+            self.blocks[block.batch_id][block.holder][block.id] = block
+            if block.hold_ref is not None:
+                _, live = self.holds.get(block.hold_ref, (block.holder, 0))
+                self.holds[block.hold_ref] = (block.holder, live + 1)
 
     async def of(
         self,
@@ -182,18 +184,24 @@ class _LiveCopy:
     ) -> list[serials.Block]:
         await self.load(session, batch_id, holders, hold_id)
         wanted = set(holders)
-        if hold_id is not None and (owner := self._holder_of(batch_id, hold_id)) is not None:
-            wanted.add(owner)
+        if hold_id is not None and hold_id in self.holds:
+            wanted.add(self.holds[hold_id][0])
+        by_holder = self.blocks[batch_id]
         return sorted(
-            (b for b in self.blocks[batch_id].values() if b.holder in wanted),
+            (b for h in wanted for b in by_holder.get(h, {}).values()),
             key=lambda b: b.serial_start,
         )
 
     def apply(self, change: serials.BlockChange) -> None:
         for block in change.closed:
-            del self.blocks[block.batch_id][block.id]
-        for block in change.created:
-            self.blocks[block.batch_id][block.id] = block
+            del self.blocks[block.batch_id][block.holder][block.id]
+            if block.hold_ref is not None:
+                holder, live = self.holds[block.hold_ref]
+                if live > 1:
+                    self.holds[block.hold_ref] = (holder, live - 1)
+                else:
+                    del self.holds[block.hold_ref]
+        self._add(change.created)
 
 
 _LIVE_COPY = "offsets.live_blocks"
