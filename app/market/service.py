@@ -1089,9 +1089,15 @@ async def place_orders(
     async with deferred_writes.deferring(session) if defer else nullcontext():
         if defer:
             assert product.batch_id is not None
-            involved = {i.organization_id for i in incoming}
-            involved |= {known[_maker(fill)][0] for i in incoming for fill in i.fills}
-            await offsets_service.read_live_blocks(session, product.batch_id, sorted(involved))
+            # The sellers' blocks (a buyer only receives: see ``read_live_blocks``).
+            sellers = {i.organization_id for i in incoming if i.body.side == Side.SELL}
+            sellers |= {
+                known[_maker(fill)][0]
+                for i in incoming
+                for fill in i.fills
+                if known[_maker(fill)][1] == Side.SELL
+            }
+            await offsets_service.read_live_blocks(session, product.batch_id, sorted(sellers))
         for i in incoming:
             placed = await _hold_and_settle(
                 session, product, i, sell_batches, by_id, accounts, held_credits

@@ -67,27 +67,65 @@ async def get_batch(session: AsyncSession, batch_id: uuid.UUID) -> tuple[Batch, 
     return (row[0], row[1]) if row else None
 
 
-_LIVE_BLOCKS_SQL = (
-    "SELECT id, batch_id, holder_organization_id, serial_start, serial_end, state, parent_ids,"
-    " hold_id, retirement_id FROM offset_blocks WHERE batch_id = :batch AND closed_at IS NULL"
+_COLUMNS = (
+    "id, batch_id, holder_organization_id, serial_start, serial_end, state, parent_ids, hold_id,"
+    " retirement_id"
 )
-# The holders given, and the holder of the hold's live blocks (a credit hold is a ledger hold:
-# its owner, when it still has live blocks in the batch). ``= ANY`` of one array keeps the
-# statement's text fixed whatever the number of holders (an IN list is rendered anew each
-# time) and uses the live-blocks index (batch, holder).
-_LIVE_BLOCKS_OF_SQL = text(
-    _LIVE_BLOCKS_SQL + " AND holder_organization_id = ANY(CAST(:holders AS uuid[]) || ARRAY("
-    " SELECT h.organization_id FROM ledger_holds h WHERE h.id = :hold AND EXISTS ("
+_COLUMNS_OF_O = ", ".join(f"o.{c.strip()}" for c in _COLUMNS.split(","))
+_LIVE_BLOCKS_SQL = (
+    f"SELECT {_COLUMNS} FROM offset_blocks WHERE batch_id = :batch AND closed_at IS NULL"
+)
+# The holder of a hold's live blocks in the batch (a credit hold is a ledger hold: its owner,
+# when it still has live blocks there).
+_HOLDER_OF_HOLD = (
+    "SELECT h.organization_id FROM ledger_holds h WHERE h.id = :hold AND EXISTS ("
     " SELECT 1 FROM offset_blocks o WHERE o.batch_id = :batch"
     " AND o.holder_organization_id = h.organization_id AND o.hold_id = h.id"
-    " AND o.closed_at IS NULL)))"
-    " ORDER BY serial_start"
+    " AND o.closed_at IS NULL)"
+)
+# The holders given, and the hold's holder. ``= ANY`` of one array keeps the statement's text
+# fixed whatever the number of holders (an IN list is rendered anew each time) and uses the
+# live-blocks index (batch, holder).
+_LIVE_BLOCKS_OF_SQL = text(
+    _LIVE_BLOCKS_SQL
+    + " AND holder_organization_id = ANY(CAST(:holders AS uuid[]) || ARRAY("
+    + _HOLDER_OF_HOLD
+    + ")) ORDER BY serial_start"
 )
 _ALL_LIVE_BLOCKS_SQL = text(_LIVE_BLOCKS_SQL + " ORDER BY serial_start")
-# The same through the driver (``$n`` placeholders), for the copy kept while deferring: a group
-# reads hundreds of blocks at once, where SQLAlchemy's row processing costs more than the query.
-_LIVE_BLOCKS_OF_DRIVER_SQL = (
-    _LIVE_BLOCKS_OF_SQL.text.replace(":batch", "$1")
+# Live blocks touching ``m``'s (ending just before one or starting just after: at most two per
+# block, found through the live-serials exclusion constraint's GiST index).
+_TOUCHING = (
+    " JOIN offset_blocks o ON o.batch_id = :batch AND o.closed_at IS NULL"
+    " AND int8range(o.serial_start, o.serial_end, '[]')"
+    " && int8range(m.serial_start - 1, m.serial_end + 1, '[]')"
+)
+# What a delivery out of a hold needs (``serials.settle_hold``): the hold's blocks, and the
+# receivers' blocks that touch them, the only ones its pieces can merge with. Not every block
+# of the receivers: a buyer's blocks grow with every purchase (each one a separate run of
+# serials), and reading them all made each delivery cost more than the last.
+_DELIVERY_BLOCKS_SQL = text(
+    f"WITH m AS MATERIALIZED ({_LIVE_BLOCKS_SQL} AND hold_id = :hold"
+    " AND holder_organization_id = (SELECT organization_id FROM ledger_holds WHERE id = :hold))"
+    f" SELECT {_COLUMNS} FROM m UNION"
+    f" SELECT {_COLUMNS_OF_O} FROM m{_TOUCHING}"
+    " WHERE o.holder_organization_id = ANY(CAST(:holders AS uuid[]))"
+    " ORDER BY serial_start"
+)
+# For the copy kept while deferring (through the driver: ``$n`` placeholders; a group reads
+# many blocks at once, where SQLAlchemy's row processing costs more than the query): the
+# blocks of the holders given and of the hold's holder, whole (``own``), and every block
+# touching one of them, whoever holds it.
+_COPY_SQL = (
+    (
+        f"WITH m AS MATERIALIZED ({_LIVE_BLOCKS_SQL} AND holder_organization_id = ANY("
+        f"CAST(:holders AS uuid[]) || ARRAY({_HOLDER_OF_HOLD})))"
+        f" SELECT {_COLUMNS}, true AS own FROM m UNION ALL"
+        f" SELECT DISTINCT {_COLUMNS_OF_O}, false"
+        f" FROM m{_TOUCHING} WHERE o.holder_organization_id <> ALL(ARRAY(SELECT DISTINCT"
+        " holder_organization_id FROM m))"
+    )
+    .replace(":batch", "$1")
     .replace("CAST(:holders AS uuid[])", "$2::uuid[]")
     .replace(":hold", "$3::uuid")
 )
@@ -99,10 +137,15 @@ async def live_blocks(
     holders: Iterable[uuid.UUID] | None = None,
     *,
     hold_id: uuid.UUID | None = None,
+    receiving: bool = False,
 ) -> list[serials.Block]:
-    """Live blocks of a batch, of some holders (or all), or those of one hold's holder. Two
-    fixed statements, rows straight to pure blocks: the order path runs this under its lock,
-    where building an ORM query and its objects cost more than the query.
+    """Live blocks of a batch, of some holders (or all), or those of one hold's holder. Fixed
+    statements, rows straight to pure blocks: the order path runs this under its lock, where
+    building an ORM query and its objects cost more than the query.
+
+    ``receiving``: the holders only receive from the hold (``serials.settle_hold``): of theirs,
+    only the blocks touching the hold's, which are all a delivery can merge with; and of the
+    hold's holder, only the hold's blocks.
 
     While the session defers its writes (``app.db.deferred``), the blocks come from the copy
     kept in step with the deferred changes (``_LiveCopy``): a holder's blocks are read from
@@ -110,19 +153,23 @@ async def live_blocks(
     if (writes := deferred_writes.deferred(session)) is not None:
         if holders is None and hold_id is None:
             raise RuntimeError("a batch's every live block cannot be read while deferring")
-        return await _live_copy(writes).of(session, batch_id, list(holders or ()), hold_id)
+        return await _live_copy(writes).of(
+            session, batch_id, list(holders or ()), hold_id, receiving=receiving
+        )
     if holders is None and hold_id is None:
         result = await session.execute(_ALL_LIVE_BLOCKS_SQL, {"batch": batch_id})
     else:
+        if receiving and hold_id is None:
+            raise ValueError("a delivery is out of a hold")
         result = await session.execute(
-            _LIVE_BLOCKS_OF_SQL,
+            _DELIVERY_BLOCKS_SQL if receiving else _LIVE_BLOCKS_OF_SQL,
             {"batch": batch_id, "holders": list(holders or ()), "hold": hold_id},
         )
     return [_block(row) for row in result.all()]
 
 
 def _block(row: Sequence[Any]) -> serials.Block:
-    block_id, batch, holder, start, end, state, parents, hold, retirement = row
+    block_id, batch, holder, start, end, state, parents, hold, retirement = row[:9]
     return serials.Block(
         id=block_id,
         batch_id=batch,
@@ -137,17 +184,24 @@ def _block(row: Sequence[Any]) -> serials.Block:
 
 
 class _LiveCopy:
-    """The live blocks of the holders read so far, per batch, with the deferred changes
-    applied. Correct because a change only ever touches blocks of holders it was given the
-    blocks of (the pure operations take, close and merge only among the blocks passed in),
-    so the database is still right about every holder not read yet. Kept by holder, with the
-    holder of each hold that has held blocks, so an operation looks only at its holders'
-    blocks, as the database query would."""
+    """The live blocks read so far, per batch, with the deferred changes applied.
+
+    A holder is *whole* here once all its blocks were read (it is a source: it holds, sells,
+    releases); the blocks touching a whole holder's come with them, whoever holds them. That
+    is all an operation needs: a pure operation takes, closes and merges only among the
+    blocks passed in, from its whole source holder's, and merges a delivery only with blocks
+    touching the source's (``receiving``). Every serial a group moves was a whole holder's
+    when read, so every block that can touch a moved piece is here (read, or made by the
+    group), and the database is still right about every block not here. Kept by holder, with
+    the holder of each hold that has held blocks here, so an operation looks only at its
+    holders' blocks, as the database query would."""
 
     def __init__(self) -> None:
-        # batch -> holder -> block id -> block (a holder present here has been read)
+        # batch -> holder -> block id -> block (known live blocks)
         self.blocks: dict[uuid.UUID, dict[uuid.UUID, dict[uuid.UUID, serials.Block]]] = {}
-        # hold -> (its holder, how many of its blocks are live)
+        self.whole: dict[uuid.UUID, set[uuid.UUID]] = {}  # batch -> holders read whole
+        self.closed: set[uuid.UUID] = set()  # blocks the deferred changes closed
+        # hold -> (its holder, how many of its blocks are live here)
         self.holds: dict[uuid.UUID, tuple[uuid.UUID, int]] = {}
 
     async def load(
@@ -157,20 +211,28 @@ class _LiveCopy:
         holders: Sequence[uuid.UUID],
         hold_id: uuid.UUID | None = None,
     ) -> None:
-        """Read the holders' blocks (and the hold's holder's) that are not in the copy yet."""
-        known = self.blocks.setdefault(batch_id, {})
-        missing = [h for h in dict.fromkeys(holders) if h not in known]
-        if not missing and (hold_id is None or hold_id in self.holds):
+        """Read whole the holders (and the hold's holder) that are not yet."""
+        self.blocks.setdefault(batch_id, {})
+        whole = self.whole.setdefault(batch_id, set())
+        missing = [h for h in dict.fromkeys(holders) if h not in whole]
+        if hold_id is not None and hold_id in self.holds and self.holds[hold_id][0] in whole:
+            hold_id = None
+        if not missing and hold_id is None:
             return
-        rows = await fetch_rows(session, _LIVE_BLOCKS_OF_DRIVER_SQL, [batch_id, missing, hold_id])
-        fresh = [_block(row) for row in rows]
-        for holder in {*missing, *(b.holder for b in fresh)} - known.keys():
-            known[holder] = {}
-            self._add([b for b in fresh if b.holder == holder])
+        rows = await fetch_rows(session, _COPY_SQL, [batch_id, missing, hold_id])
+        whole.update(missing)
+        for row in rows:
+            block = _block(row)
+            if row[9]:
+                whole.add(block.holder)
+            self._add([block])
 
     def _add(self, blocks: Iterable[serials.Block]) -> None:
         for block in blocks:
-            self.blocks[block.batch_id][block.holder][block.id] = block
+            known = self.blocks[block.batch_id].setdefault(block.holder, {})
+            if block.id in known or block.id in self.closed:
+                continue  # read before, or closed by this group since
+            known[block.id] = block
             if block.hold_ref is not None:
                 _, live = self.holds.get(block.hold_ref, (block.holder, 0))
                 self.holds[block.hold_ref] = (block.holder, live + 1)
@@ -181,8 +243,10 @@ class _LiveCopy:
         batch_id: uuid.UUID,
         holders: list[uuid.UUID],
         hold_id: uuid.UUID | None,
+        *,
+        receiving: bool = False,
     ) -> list[serials.Block]:
-        await self.load(session, batch_id, holders, hold_id)
+        await self.load(session, batch_id, [] if receiving else holders, hold_id)
         wanted = set(holders)
         if hold_id is not None and hold_id in self.holds:
             wanted.add(self.holds[hold_id][0])
@@ -195,6 +259,7 @@ class _LiveCopy:
     def apply(self, change: serials.BlockChange) -> None:
         for block in change.closed:
             del self.blocks[block.batch_id][block.holder][block.id]
+            self.closed.add(block.id)
             if block.hold_ref is not None:
                 holder, live = self.holds[block.hold_ref]
                 if live > 1:
@@ -215,8 +280,9 @@ def _live_copy(writes: deferred_writes.DeferredWrites) -> _LiveCopy:
 async def read_live_blocks(
     session: AsyncSession, batch_id: uuid.UUID, holders: Iterable[uuid.UUID]
 ) -> None:
-    """While deferring, read the holders' live blocks of the batch into the copy in one
-    statement (a group of orders reads those of every organisation it involves at once)."""
+    """While deferring, read the holders' live blocks of the batch, and those touching them,
+    into the copy in one statement (a group of orders reads those of all its sellers at
+    once)."""
     if (writes := deferred_writes.deferred(session)) is not None:
         await _live_copy(writes).load(session, batch_id, list(holders))
 

@@ -426,8 +426,9 @@ async def settle_credits_many(
 async def read_live_blocks(
     session: AsyncSession, batch_id: uuid.UUID, holders: Sequence[uuid.UUID]
 ) -> None:
-    """While the session defers its writes (``app.db.deferred``), read the holders' live
-    blocks of the batch at once, for the ``*_locked`` operations below to work on."""
+    """While the session defers its writes (``app.db.deferred``), read the live blocks of the
+    batch's sources (the holders that will hold, sell or release credits) at once, for the
+    ``*_locked`` operations below to work on; those that only receive need not be read."""
     await repo.read_live_blocks(session, batch_id, holders)
 
 
@@ -471,7 +472,9 @@ async def settle_credits_locked(
 ) -> list[list[int]]:
     """``settle_credits`` under the caller's batch lock, to the buyer's ``destination``
     account (its available account of the batch's asset). Returns the serial ranges."""
-    blocks = await repo.live_blocks(session, batch_id, [to_organization_id], hold_id=hold_id)
+    blocks = await repo.live_blocks(
+        session, batch_id, [to_organization_id], hold_id=hold_id, receiving=True
+    )
     try:
         change = serials.settle_hold(blocks, hold_id, to_organization_id, quantity, new_id)
     except serials.SerialError as exc:

@@ -133,24 +133,57 @@ async def test_a_deferred_group_writes_what_one_by_one_writes(
     grouped = await market(client, sellers=3, buyers=3, **fees)
     alone = await market(client, sellers=3, buyers=3, **fees)
 
-    async with sessions() as s:  # one group: the writes deferred and sent at once
-        placed_grouped = await market_service.place_orders(
-            s, uuid.UUID(grouped.product["id"]), _items(grouped)
-        )
-        await s.commit()
+    # Twice: in the second round the buyers already hold blocks from the first, which the
+    # deliveries must merge with (read as the blocks touching the sellers', not every block).
+    placed_grouped = []
     placed_alone = []
-    for item in _items(alone):  # one order per transaction: the writes as they go
-        async with sessions() as s:
-            placed_alone += await market_service.place_orders(
-                s, uuid.UUID(alone.product["id"]), [item]
+    for _ in range(2):
+        async with sessions() as s:  # one group: the writes deferred and sent at once
+            placed_grouped += await market_service.place_orders(
+                s, uuid.UUID(grouped.product["id"]), _items(grouped)
             )
             await s.commit()
+        for item in _items(alone):  # one order per transaction: the writes as they go
+            async with sessions() as s:
+                placed_alone += await market_service.place_orders(
+                    s, uuid.UUID(alone.product["id"]), [item]
+                )
+                await s.commit()
 
     assert await _outcome(client, session, grouped, placed_grouped) == await _outcome(
         client, session, alone, placed_alone
     )
     # Something traded, and a sell's held blocks were made and closed within the group.
-    assert sum(len(p.trades) for p in placed_grouped) >= 5
+    assert sum(len(p.trades) for p in placed_grouped) >= 10
+    # Both ways merged every delivery with the touching blocks of its buyer: no two live blocks
+    # with one merge key touch (a missed neighbour would leave two).
+    touching = (
+        await session.execute(
+            text(
+                "SELECT count(*) FROM offset_blocks a JOIN offset_blocks b"
+                " ON a.batch_id = b.batch_id AND a.serial_end + 1 = b.serial_start"
+                " AND a.holder_organization_id = b.holder_organization_id"
+                " AND a.state = b.state AND a.hold_id IS NOT DISTINCT FROM b.hold_id"
+                " WHERE a.closed_at IS NULL AND b.closed_at IS NULL AND a.state <> 'retired'"
+            )
+        )
+    ).scalar_one()
+    await session.rollback()
+    assert touching == 0
+    for m in (grouped, alone):  # fewer blocks than deliveries: some of them merged
+        buyers = [uuid.UUID(o.id) for o in m.buyers]
+        blocks, deliveries = (
+            await session.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM offset_blocks WHERE closed_at IS NULL"
+                    " AND batch_id = :b AND holder_organization_id = ANY(:buyers)),"
+                    " (SELECT count(*) FROM market_trades WHERE batch_id = :b)"
+                ),
+                {"b": m.batch_id, "buyers": buyers},
+            )
+        ).one()
+        await session.rollback()
+        assert 0 < blocks < deliveries
     await assert_market_clean(session)
 
 
