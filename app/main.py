@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.accounts import service as accounts_service
+from app.accounts.keycache import KEYS
 from app.api import v1
 from app.config import Settings, get_settings
 from app.core.errors import install_error_handlers, problem_response
@@ -22,6 +23,7 @@ from app.core.logging import configure_logging
 from app.core.middleware import RequestIdMiddleware
 from app.db.runtime import current_revisions, head_revisions, resolve_database_url
 from app.db.session import create_engine, create_sessionmaker
+from app.db.url import libpq_url
 
 log = structlog.get_logger()
 
@@ -59,8 +61,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     settings.database.url or "", sessionmaker=app.state.sessionmaker
                 )
             )
+        # Authenticated keys are remembered while this process hears of every change to keys
+        # and organisations (``app.accounts.keycache``); tests handing in their own engine
+        # read the database on every request.
+        keys: asyncio.Task[None] | None = None
+        if owns_engine:
+            dsn = libpq_url(app.state.engine.url.render_as_string(hide_password=False))
+            keys = asyncio.create_task(KEYS.listen(dsn))
         log.info("app.started", environment=settings.environment, worker=worker is not None)
         yield {}
+        if keys is not None:
+            keys.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keys
         if worker is not None:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -19,6 +19,7 @@ from app.accounts.errors import (
     OrganizationNotFound,
     ScopeNotAllowed,
 )
+from app.accounts.keycache import KEYS
 from app.accounts.models import (
     ApiKey,
     Organization,
@@ -86,15 +87,21 @@ def admin_principal() -> Principal:
 async def authenticate(session: AsyncSession, token: str, admin_key: str) -> Principal:
     if hmac.compare_digest(token.encode(), admin_key.encode()):
         return admin_principal()
-    found = await ApiKeyRepository(session).active_by_hash(hash_key(token))
+    key_hash = hash_key(token)
+    if (known := KEYS.get(key_hash)) is not None:  # read before, nothing changed since
+        return known
+    generation = KEYS.generation
+    found = await ApiKeyRepository(session).active_by_hash(key_hash)
     if found is None:
         raise InvalidApiKey("The API key is missing, unknown or revoked.")
     key, org = found
     if org.status != OrganizationStatus.active:
         raise InvalidApiKey("The organisation of this API key is suspended.")
-    return Principal(
+    principal = Principal(
         api_key_id=str(key.id), scopes=frozenset(Scope(s) for s in key.scopes), organization=org
     )
+    KEYS.remember(key_hash, principal, generation)
+    return principal
 
 
 async def create_organization(session: AsyncSession, data: OrganizationCreate) -> Organization:
@@ -188,6 +195,7 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uu
     if key.revoked_at is None:
         key.revoked_at = utc_now()
         await session.flush()
+        KEYS.forget_after_commit(session)
         log.info("accounts.api_key_revoked", api_key_id=str(key.id))
 
 
