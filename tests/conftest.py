@@ -39,6 +39,7 @@ from app.db.runtime import upgrade_to_head  # noqa: E402
 from app.db.session import create_sessionmaker  # noqa: E402
 from app.db.url import async_url, libpq_url  # noqa: E402
 from app.main import create_app  # noqa: E402
+from app.market import service as market_service  # noqa: E402
 
 configure_logging(json=False, level="WARNING", cache_loggers=False)
 
@@ -113,6 +114,7 @@ async def _truncate(engine: AsyncEngine) -> None:
         if names:
             await conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
         await conn.execute(text("DELETE FROM ledger_assets WHERE code <> 'JPY'"))
+    market_service.forget_products()  # product codes may come back with other ids
 
 
 @pytest.fixture(autouse=True)

@@ -78,37 +78,37 @@ async def place_order(
     ``session``'s transaction (an ``Idempotency-Key`` request)."""
     if own_transaction:
         return await market_service.place_order(session, organization_id, body)
-    product = await market_service.get_product(session, body.product)  # 404 if none
-    if product.trading_mode != TradingMode.continuous:
-        [placed] = await market_service.place_orders(session, product.id, [(organization_id, body)])
+    product_id, mode = await market_service.product_id_and_mode(session, body.product)  # or 404
+    if mode != TradingMode.continuous:
+        [placed] = await market_service.place_orders(session, product_id, [(organization_id, body)])
         return placed
-    if product.id in _queues and not (session.new or session.dirty or session.deleted):
+    if product_id in _queues and not (session.new or session.dirty or session.deleted):
         # One is being placed here: wait for the next group. The request has only read (its
         # key, the product): its session is closed here (its objects stay readable, detached)
         # and gives its connection back, so that however many requests wait, the group's own
         # session can get one.
         await session.close()
-        queue = _queues.get(product.id)  # looked at again: the group may have ended meanwhile
+        queue = _queues.get(product_id)  # looked at again: the group may have ended meanwhile
         if queue is not None:
             waiting = _Waiting(organization_id, body)
             queue.append(waiting)
             return await waiting.placed
-    elif product.id in _queues:  # the request wrote something: keep it in its transaction
-        [placed] = await market_service.place_orders(session, product.id, [(organization_id, body)])
+    elif product_id in _queues:  # the request wrote something: keep it in its transaction
+        [placed] = await market_service.place_orders(session, product_id, [(organization_id, body)])
         return placed
-    _queues[product.id] = []
+    _queues[product_id] = []
     try:
-        [placed] = await market_service.place_orders(session, product.id, [(organization_id, body)])
+        [placed] = await market_service.place_orders(session, product_id, [(organization_id, body)])
         return placed
     finally:
         # What arrived meanwhile is placed by a task (this request's transaction commits after
         # this returns; the task's first group then waits for the product lock it holds).
-        if _queues[product.id]:
-            task = asyncio.create_task(_drain(sessionmaker, product.id))
+        if _queues[product_id]:
+            task = asyncio.create_task(_drain(sessionmaker, product_id))
             _tasks.add(task)
             task.add_done_callback(_tasks.discard)
         else:
-            del _queues[product.id]
+            del _queues[product_id]
 
 
 async def _drain(sessionmaker: SessionMaker, product_id: uuid.UUID) -> None:

@@ -62,12 +62,12 @@ class ProductRepository(Repository[Product]):
             {"k": str(product_id)},
         )
 
-    async def lock_and_reload(self, product_id: uuid.UUID) -> Product:
+    async def lock_and_reload(self, product_id: uuid.UUID) -> Product | None:
         """``lock`` then ``reload`` in one round trip (``market_lock_product``, migration 0013:
         a PL/pgSQL function whose query, run after the lock, sees the row as it is now)."""
-        product: Product = (
+        product: Product | None = (
             await self.session.execute(_LOCK_AND_RELOAD, {"id": product_id})
-        ).scalar_one()
+        ).scalar_one_or_none()
         return product
 
     async def list_all(self) -> Sequence[Product]:

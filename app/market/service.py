@@ -234,6 +234,26 @@ async def get_product(session: AsyncSession, code: str) -> Product:
     return product
 
 
+# Product code -> (id, trading mode), for the order path's first look: neither ever changes
+# once a product exists (no endpoint changes or deletes one), so one read per process and
+# code suffices. ``place_orders`` locks and reads the product itself; an id gone from the
+# database (tests truncate tables: they call ``forget_products``) is a 404 and is forgotten.
+_PRODUCT_IDS: dict[str, tuple[uuid.UUID, TradingMode]] = {}
+
+
+async def product_id_and_mode(session: AsyncSession, code: str) -> tuple[uuid.UUID, TradingMode]:
+    """The product's id and trading mode by its code (404 if none), read once per process."""
+    found = _PRODUCT_IDS.get(code)
+    if found is None:
+        product = await get_product(session, code)
+        found = _PRODUCT_IDS[code] = (product.id, TradingMode(product.trading_mode))
+    return found
+
+
+def forget_products() -> None:
+    _PRODUCT_IDS.clear()
+
+
 def price_band(product: Product) -> tuple[int, int] | None:
     """(low, high) around the last trade price, else the reference price; None without either."""
     return price_band_at(product, product.last_trade_price)
@@ -942,6 +962,11 @@ async def place_orders(
         for organization_id, body in items
     ]
     product = await ProductRepository(session).lock_and_reload(product_id)  # as of the lock
+    if product is None:  # an id from ``product_id_and_mode`` that is no more (tests only)
+        for code, (cached, _) in list(_PRODUCT_IDS.items()):
+            if cached == product_id:
+                del _PRODUCT_IDS[code]
+        raise ProductNotFound("No such product.", product=str(product_id))
     # A call product's orders rest without matching until the call (``app.market.calls``).
     collecting = await phase.collects_orders(session, product, utc_now())
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tests.factories import Org, create_org, deposit
 from tests.market.helpers import (
@@ -373,3 +374,22 @@ class TestConcurrency:
             assert held >= 0
         assert await book(client, m) == await book_from_database(session, m)
         await assert_market_clean(session)
+
+
+async def test_an_order_for_a_product_gone_from_the_database_is_a_404(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Product codes are remembered per process (``product_id_and_mode``); a remembered id no
+    longer in the database (only a test's TRUNCATE does that) is a 404, and forgotten."""
+    m = await market(client, sellers=1, buyers=1)
+    body = {"product": m.code, "side": "buy", "price": 1_000, "quantity": 1}
+    assert (
+        await client.post("/v1/orders", json=body, headers=m.buyers[0].headers)
+    ).status_code == 201
+    async with engine.begin() as conn:  # the product row goes, its code stays remembered
+        await conn.execute(text("DELETE FROM market_orders"))
+        await conn.execute(text("DELETE FROM market_products"))
+    r = await client.post("/v1/orders", json=body, headers=m.buyers[0].headers)
+    assert_problem(r, 404, "product_not_found")
+    r = await client.post("/v1/orders", json=body, headers=m.buyers[0].headers)
+    assert_problem(r, 404, "product_not_found")  # read again: still none
