@@ -83,8 +83,8 @@ async def place_order(
         [placed] = await market_service.place_orders(session, product_id, [(organization_id, body)])
         return placed
     if product_id in _queues and not (session.new or session.dirty or session.deleted):
-        # One is being placed here: wait for the next group. The request has only read (its
-        # key, the product): its session is closed here (its objects stay readable, detached)
+        # One is being placed here: wait for the next group. The request has at most read (its
+        # key and product, usually remembered by the process): its session is closed here (its objects stay readable, detached)
         # and gives its connection back, so that however many requests wait, the group's own
         # session can get one.
         await session.close()
