@@ -97,6 +97,9 @@ async def authenticate(session: AsyncSession, token: str, admin_key: str) -> Pri
     key, org = found
     if org.status != OrganizationStatus.active:
         raise InvalidApiKey("The organisation of this API key is suspended.")
+    # Out of the session: the caller may outlive it (remembered, below), and a rollback of
+    # the session would expire it (every later request with the key would fail to read it).
+    session.expunge(org)
     principal = Principal(
         api_key_id=str(key.id), scopes=frozenset(Scope(s) for s in key.scopes), organization=org
     )

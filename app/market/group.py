@@ -84,9 +84,9 @@ async def place_order(
         return placed
     if product_id in _queues and not (session.new or session.dirty or session.deleted):
         # One is being placed here: wait for the next group. The request has at most read (its
-        # key and product, usually remembered by the process): its session is closed here (its objects stay readable, detached)
-        # and gives its connection back, so that however many requests wait, the group's own
-        # session can get one.
+        # key and product, usually remembered by the process): its session is closed here
+        # (its objects stay readable, detached) and gives its connection back, so that however
+        # many requests wait, the group's own session can get one.
         await session.close()
         queue = _queues.get(product_id)  # looked at again: the group may have ended meanwhile
         if queue is not None:

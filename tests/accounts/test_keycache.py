@@ -180,3 +180,21 @@ async def test_this_process_forgets_its_own_revocation_at_commit(
     assert KEYS.get(key_hash) is principal  # not committed yet: still valid
     await session.commit()
     assert KEYS.get(key_hash) is None
+
+
+async def test_a_failed_request_leaves_the_remembered_caller_whole(
+    client: httpx.AsyncClient, listening: KeyCache
+) -> None:
+    """A request that fails rolls its session back, which expires what the session holds:
+    the remembered organisation must not be among it, or every later request with the key
+    would fail to read it."""
+    org = await create_org(client, scopes=["trade", "read"])
+    body = {"product": "NO-SUCH", "side": "buy", "price": 1_000, "quantity": 1}
+    # Read and remembered by this request, which then fails (404) and rolls back.
+    assert_problem(
+        await client.post("/v1/orders", json=body, headers=org.headers), 404, "product_not_found"
+    )
+    assert await _remembered(listening, org.key)
+    me = await client.get("/v1/me", headers=org.headers)
+    assert me.status_code == 200, me.text
+    assert me.json()["organization"]["id"] == org.id

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.market import group
 from app.market import service as market_service
 from app.market.schemas import OrderCreate
 from tests.factories import create_org
@@ -25,11 +26,19 @@ PlaceOrders = Callable[
 ]
 
 
+class Groups(list[int]):
+    """The size of every call of ``place_orders``, and how many orders must queue behind the
+    first before it goes on (set by the test)."""
+
+    queued = 0
+
+
 @pytest.fixture
-def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every call of ``place_orders``; the first one waits half a second before taking
-    the lock, so that the orders sent with it queue behind it and form a group."""
-    sizes: list[int] = []
+def groups(monkeypatch: pytest.MonkeyPatch) -> Groups:
+    """The first call of ``place_orders`` waits before taking the lock until ``queued`` orders
+    sent with it queue behind it (however slowly a loaded machine lets them arrive; 10 s at
+    most), so that they form a group."""
+    sizes = Groups()
     real: PlaceOrders = market_service.place_orders
 
     async def spy(
@@ -39,7 +48,10 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     ) -> list[market_service.PlacedOrder]:
         sizes.append(len(items))
         if len(sizes) == 1:
-            await asyncio.sleep(0.5)
+            for _ in range(1_000):  # polled: the queue is the module's own list
+                if len(group._queues.get(product_id, [])) >= sizes.queued:
+                    break
+                await asyncio.sleep(0.01)
         return await real(session, product_id, items)
 
     monkeypatch.setattr(market_service, "place_orders", spy)
@@ -70,7 +82,7 @@ async def _trades(session: AsyncSession) -> list[Any]:
 
 
 async def test_concurrent_orders_are_placed_as_one_group(
-    client: httpx.AsyncClient, session: AsyncSession, groups: list[int]
+    client: httpx.AsyncClient, session: AsyncSession, groups: Groups
 ) -> None:
     m = await market(client, sellers=4, buyers=4, maker_fee_bps=10, taker_fee_bps=30)
     # A resting buy and sell first (alone), then eight orders at once: crossing both ways,
@@ -88,6 +100,7 @@ async def test_concurrent_orders_are_placed_as_one_group(
         order(client, m.sellers[3], m, "sell", 995, 2),
         order(client, m.buyers[0], m, "buy", None, 1, type="market"),
     ]
+    groups.queued = len(sends) - 1
     answers = await _send_in_order(sends)
     assert [r.status_code for r in answers] == [201] * len(sends), [
         r.text for r in answers if r.status_code != 201
@@ -104,7 +117,7 @@ async def test_concurrent_orders_are_placed_as_one_group(
 
 
 async def test_a_refused_order_sends_its_group_one_by_one(
-    client: httpx.AsyncClient, session: AsyncSession, groups: list[int]
+    client: httpx.AsyncClient, session: AsyncSession, groups: Groups
 ) -> None:
     m = await market(client, sellers=2, buyers=2)
     broke = await create_org(client)  # no cash at all
@@ -117,6 +130,7 @@ async def test_a_refused_order_sends_its_group_one_by_one(
         order(client, m.buyers[1], m, "buy", 1_000, 1),
         order(client, m.sellers[1], m, "sell", 1_000, 2),
     ]
+    groups.queued = len(sends) - 1
     answers = await _send_in_order(sends)
     codes = [r.status_code for r in answers]
     assert codes == [201, 201, 409, 409, 201, 201], [r.text for r in answers]
