@@ -90,12 +90,13 @@ async def deferring(session: AsyncSession) -> AsyncIterator[DeferredWrites]:
         session.info.pop(_KEY, None)
 
 
-async def send(session: AsyncSession) -> None:
-    """Run what was recorded, in one round trip, and start recording afresh. A refusal
-    raises ``DatabaseRefusal`` (the transaction must then be rolled back)."""
+def take_arguments(session: AsyncSession) -> list[Any]:
+    """What was recorded, as ``tanso_apply_deferred``'s 23 arguments (empty arrays if
+    nothing), and start recording afresh: for a caller that sends them together with writes
+    of its own (``market_apply_group``, migration 0017)."""
     writes = deferred(session)
-    if writes is None or not (writes.ledger or writes.blocks):
-        return
+    if writes is None:
+        raise RuntimeError("the session is not deferring its writes")
     ops, changes = writes.ledger, writes.blocks
     writes.ledger, writes.blocks = [], []
     # The changes' net effect: the blocks live before that were closed, and every block made
@@ -113,24 +114,29 @@ async def send(session: AsyncSession) -> None:
         made.update(row[0] for row in change.created)
         created += change.created
     columns: list[tuple[Any, ...]] = list(zip(*created, strict=True)) if created else [()] * 9
-    await scalar_call(
-        session,
-        _SQL,
-        [
-            [op.kind for op in ops],
-            [op.hold_id for op in ops],
-            [op.entry_id for op in ops],
-            [op.organization_id for op in ops],
-            [op.asset for op in ops],
-            [op.amount for op in ops],
-            [op.source for op in ops],
-            [op.destination for op in ops],
-            [op.entry_kind for op in ops],
-            [op.reference for op in ops],
-            [op.rest_only for op in ops],
-            utc_now(),
-            closed,
-            *(list(column) for column in columns),
-            [row[0] in gone for row in created],
-        ],
-    )
+    return [
+        [op.kind for op in ops],
+        [op.hold_id for op in ops],
+        [op.entry_id for op in ops],
+        [op.organization_id for op in ops],
+        [op.asset for op in ops],
+        [op.amount for op in ops],
+        [op.source for op in ops],
+        [op.destination for op in ops],
+        [op.entry_kind for op in ops],
+        [op.reference for op in ops],
+        [op.rest_only for op in ops],
+        utc_now(),
+        closed,
+        *(list(column) for column in columns),
+        [row[0] in gone for row in created],
+    ]
+
+
+async def send(session: AsyncSession) -> None:
+    """Run what was recorded, in one round trip, and start recording afresh. A refusal
+    raises ``DatabaseRefusal`` (the transaction must then be rolled back)."""
+    writes = deferred(session)
+    if writes is None or not (writes.ledger or writes.blocks):
+        return
+    await scalar_call(session, _SQL, take_arguments(session))

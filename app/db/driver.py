@@ -35,9 +35,7 @@ async def scalar_call(session: AsyncSession, sql: str, args: Sequence[Any]) -> A
         try:
             return await driver.fetchval(sql, *args)
         except asyncpg.PostgresError as exc:
-            raise DatabaseRefusal(
-                exc.sqlstate, str(exc), getattr(exc, "constraint_name", None)
-            ) from exc
+            raise _refusal(exc) from exc
     try:
         return (await connection.exec_driver_sql(sql, tuple(args))).scalar()
     except DBAPIError as exc:
@@ -53,10 +51,18 @@ async def scalar_call(session: AsyncSession, sql: str, args: Sequence[Any]) -> A
 async def fetch_rows(session: AsyncSession, sql: str, args: Sequence[Any]) -> list[Any]:
     """Every row of ``sql`` (``$1``, ``$2``… placeholders) as asyncpg records, for reads of
     tens of thousands of rows (an auction close's bids), where building SQLAlchemy rows costs
-    more than the query. The session's transaction must be open (a lock taken before)."""
+    more than the query, or a call returning rows. The session's transaction must be open (a
+    lock taken before). A refusal raises ``DatabaseRefusal``."""
     connection = await session.connection()
     driver = (await connection.get_raw_connection()).driver_connection
     if driver is None or not driver.is_in_transaction():
         raise RuntimeError("fetch_rows runs inside the session's open transaction")
-    rows: list[Any] = await driver.fetch(sql, *args)
+    try:
+        rows: list[Any] = await driver.fetch(sql, *args)
+    except asyncpg.PostgresError as exc:
+        raise _refusal(exc) from exc
     return rows
+
+
+def _refusal(exc: asyncpg.PostgresError) -> DatabaseRefusal:
+    return DatabaseRefusal(exc.sqlstate, str(exc), getattr(exc, "constraint_name", None))

@@ -97,7 +97,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Uuid, any_, bindparam, select, text, tuple_
+from sqlalchemy import Uuid, any_, bindparam, inspect, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -107,6 +107,7 @@ from app.core.ids import new_id
 from app.core.pagination import Page, PageParams
 from app.core.time import utc_now
 from app.db import deferred as deferred_writes
+from app.db.driver import fetch_rows
 from app.ledger import service as ledger_service
 from app.ledger.errors import LedgerInvariantViolated
 from app.ledger.models import Account, AccountKind, Hold, HoldStatus
@@ -844,7 +845,7 @@ async def _settle(
             seller_fee=seller_fee,
             executed_at=now,
         )
-        session.add(trade)
+        _add_rows(session, trade)
         trades.append(trade)
     if need:  # the holds always cover the open quantity: a broken invariant, never input
         raise LedgerInvariantViolated(f"sell order {sell.id} holds {need} credits too few")
@@ -1129,8 +1130,10 @@ async def place_orders(
             )
             placed_orders.append(placed)
             notify += [trade_event(t) for t in placed.trades] + i.levels
-        await deferred_writes.send(session)
-    traded = any(p.trades for p in placed_orders)
+        traded = any(p.trades for p in placed_orders)
+        if defer:  # every write and the NOTIFY in one call: no flush
+            await _send_group(session, product, resting, notify, traded)
+            return placed_orders
     if traded:
         _defer_product_write(product)
     try:
@@ -1147,6 +1150,96 @@ async def place_orders(
     else:
         await _notify(session, product.id, notify, product if traded else None)
     return placed_orders
+
+
+# While a group defers its writes, the rows it adds (orders, their credit holds, trades), sent
+# by ``_send_group``; the key of its list in the deferred writes' caches.
+_GROUP_ROWS = "market.rows"
+_ORDER_COLUMNS = (
+    "id", "product_id", "organization_id", "side", "type", "price", "quantity",
+    "filled_quantity", "filled_amount", "status", "cancel_reason", "time_in_force", "post_only",
+    "expires_at", "client_order_id", "cash_hold_id", "created_at", "updated_at",
+)  # fmt: skip
+_CREDIT_HOLD_COLUMNS = ("order_id", "position", "batch_id", "hold_id", "quantity")
+_TRADE_COLUMNS = (
+    "id", "product_id", "batch_id", "price", "quantity", "taker_side", "buy_order_id",
+    "sell_order_id", "buyer_organization_id", "seller_organization_id", "serial_ranges",
+    "buyer_fee", "seller_fee", "executed_at",
+)  # fmt: skip
+# What a fill or a close changes on a resting order.
+_FILL_COLUMNS = ("id", "filled_quantity", "filled_amount", "status", "cancel_reason", "updated_at")
+_GROUP_SQL = (
+    "SELECT order_id, order_sequence FROM market_apply_group("
+    + ", ".join(f"${i}" for i in range(1, 33))
+    + ")"
+)
+
+
+def _add_rows(
+    session: AsyncSession, *rows: MarketOrder | MarketOrderCreditHold | MarketTrade
+) -> None:
+    """New rows: into the session, or, while a group defers its writes, into the group's."""
+    if (writes := deferred_writes.deferred(session)) is not None:
+        writes.caches.setdefault(_GROUP_ROWS, []).extend(rows)
+    else:
+        session.add_all(rows)
+
+
+def _json_rows(rows: Iterable[Any], columns: Sequence[str]) -> str:
+    return json.dumps([{c: getattr(row, c) for c in columns} for row in rows], default=_json_value)
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value here")
+
+
+async def _send_group(
+    session: AsyncSession,
+    product: Product,
+    resting: Sequence[MarketOrder],
+    events: list[dict[str, Any]],
+    traded: bool,
+) -> None:
+    """A deferring group's end: its ledger and block writes, its rows, the resting orders'
+    fills, the product's last price and the NOTIFY of ``events``, in one call of
+    ``market_apply_group`` (migration 0017) instead of a flush and a NOTIFY statement. The new
+    orders get their ``sequence`` from it; the resting orders and the product are marked as
+    written (the session has nothing left to flush)."""
+    writes = deferred_writes.deferred(session)
+    assert writes is not None
+    rows = writes.caches.pop(_GROUP_ROWS, [])
+    orders = [r for r in rows if isinstance(r, MarketOrder)]
+    filled = [o for o in resting if inspect(o).modified]
+    found = await fetch_rows(
+        session,
+        _GROUP_SQL,
+        [
+            *deferred_writes.take_arguments(session),
+            _json_rows(orders, _ORDER_COLUMNS),
+            _json_rows(
+                (r for r in rows if isinstance(r, MarketOrderCreditHold)), _CREDIT_HOLD_COLUMNS
+            ),
+            _json_rows((r for r in rows if isinstance(r, MarketTrade)), _TRADE_COLUMNS),
+            _json_rows(filled, _FILL_COLUMNS),
+            product.id,
+            product.last_trade_price if traded else None,
+            product.updated_at,
+            channel(product.id),
+            [json.dumps(e) for e in events],
+        ],
+    )
+    sequences = dict(found)
+    for order in orders:
+        order.sequence = sequences[order.id]
+    for order in filled:
+        for name in _FILL_COLUMNS[1:]:
+            set_committed_value(order, name, getattr(order, name))
+    if traded:
+        _defer_product_write(product)
 
 
 async def _hold_and_settle(
@@ -1233,12 +1326,15 @@ async def _hold_and_settle(
         created_at=now,
         updated_at=now,
     )
-    session.add(order)
-    session.add_all(
-        MarketOrderCreditHold(
-            order_id=order.id, position=i, batch_id=batch_id, hold_id=hold_id, quantity=quantity
-        )
-        for i, (batch_id, quantity, hold_id) in enumerate(taken)
+    _add_rows(
+        session,
+        order,
+        *(
+            MarketOrderCreditHold(
+                order_id=order.id, position=i, batch_id=batch_id, hold_id=hold_id, quantity=quantity
+            )
+            for i, (batch_id, quantity, hold_id) in enumerate(taken)
+        ),
     )
     by_id[order.id] = order
     held_credits[order.id] = [

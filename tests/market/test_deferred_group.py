@@ -5,9 +5,12 @@ serials and live blocks (serials counted from each batch's first), and clean che
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
@@ -15,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.driver import DatabaseRefusal
 from app.db.session import create_sessionmaker
+from app.db.url import libpq_url
 from app.market import service as market_service
 from app.market.matching import OrderType, Side, TimeInForce
 from app.market.schemas import OrderCreate
@@ -98,8 +102,15 @@ async def _outcome(
             {"b": m.batch_id},
         )
     ).all()
+    last_price = (
+        await session.execute(
+            text("SELECT last_trade_price FROM market_products WHERE id = :p"),
+            {"p": m.product["id"]},
+        )
+    ).scalar_one()
     await session.rollback()
     return {
+        "last_trade_price": last_price,
         "orders": sorted(
             (position[o.id], o.status, o.filled_quantity, o.filled_amount, o.cancel_reason)
             for o in orders
@@ -133,6 +144,18 @@ async def test_a_deferred_group_writes_what_one_by_one_writes(
     grouped = await market(client, sellers=3, buyers=3, **fees)
     alone = await market(client, sellers=3, buyers=3, **fees)
 
+    # What each product's channel hears: the same events, in the same order.
+    heard: dict[str, list[dict[str, Any]]] = {grouped.product["id"]: [], alone.product["id"]: []}
+    listener = await asyncpg.connect(libpq_url(engine.url.render_as_string(hide_password=False)))
+    for m in (grouped, alone):
+
+        def hear(_c: object, _p: int, _ch: str, payload: str, key: str = m.product["id"]) -> None:
+            event = json.loads(payload)
+            event.pop("id", None)  # a trade's id and time differ
+            event.pop("executed_at", None)
+            heard[key].append(event)
+
+        await listener.add_listener(market_service.channel(uuid.UUID(m.product["id"])), hear)
     # Twice: in the second round the buyers already hold blocks from the first, which the
     # deliveries must merge with (read as the blocks touching the sellers', not every block).
     placed_grouped = []
@@ -153,6 +176,26 @@ async def test_a_deferred_group_writes_what_one_by_one_writes(
     assert await _outcome(client, session, grouped, placed_grouped) == await _outcome(
         client, session, alone, placed_alone
     )
+    for _ in range(100):  # notices arrive after their commits
+        if len(heard[grouped.product["id"]]) >= len(heard[alone.product["id"]]) > 0:
+            break
+        await asyncio.sleep(0.02)
+    await listener.close()
+    assert heard[grouped.product["id"]] == heard[alone.product["id"]]
+    assert {e["type"] for e in heard[alone.product["id"]]} == {"trade", "level"}
+    # The answers carry the sequences the rows got, rising in arrival order.
+    stored: dict[uuid.UUID, int] = dict(
+        (
+            await session.execute(
+                text("SELECT id, sequence FROM market_orders WHERE product_id = :p"),
+                {"p": grouped.product["id"]},
+            )
+        ).all()
+    )
+    await session.rollback()
+    sequences = [p.order.sequence for p in placed_grouped]
+    assert sequences == [stored[p.order.id] for p in placed_grouped]
+    assert sequences == sorted(set(sequences))
     # Something traded, and a sell's held blocks were made and closed within the group.
     assert sum(len(p.trades) for p in placed_grouped) >= 10
     # Both ways merged every delivery with the touching blocks of its buyer: no two live blocks

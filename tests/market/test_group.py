@@ -144,3 +144,30 @@ async def test_a_refused_order_sends_its_group_one_by_one(
     assert stored == 4
     assert await cash(client, broke) == (0, 0)
     await assert_market_clean(session)
+
+
+async def test_a_client_order_id_repeated_inside_a_group_is_refused_once(
+    client: httpx.AsyncClient, session: AsyncSession, groups: Groups
+) -> None:
+    """Two orders of one organisation with one ``client_order_id`` in one group: neither
+    exists before the lock, so the group's one write call is what refuses the second (the
+    unique constraint); the group is rolled back and placed one by one, where the first is
+    placed and the second gets its 409."""
+    m = await market(client, sellers=1, buyers=2)
+    groups.clear()
+    sends = [
+        order(client, m.buyers[0], m, "buy", 990, 1),
+        order(client, m.buyers[1], m, "buy", 995, 1, client_order_id="same"),
+        order(client, m.sellers[0], m, "sell", 990, 2),
+        order(client, m.buyers[1], m, "buy", 996, 1, client_order_id="same"),
+    ]
+    groups.queued = len(sends) - 1
+    answers = await _send_in_order(sends)
+    codes = [r.status_code for r in answers]
+    assert codes == [201, 201, 201, 409], [r.text for r in answers]
+    assert answers[3].json()["code"] == "duplicate_client_order_id"
+    assert groups == [1, len(sends) - 1] + [1] * (len(sends) - 1)
+    stored = (await session.execute(text("SELECT count(*) FROM market_orders"))).scalar_one()
+    await session.rollback()
+    assert stored == 3
+    await assert_market_clean(session)
