@@ -1,31 +1,33 @@
-"""Group commit: the orders a process receives for one product while it is placing another one
-are placed together, under one acquisition of the product lock and in one transaction, and
-each is answered only after that transaction committed.
+"""Group commit: the orders a process receives for one product are placed in groups, each
+under one acquisition of the product lock and in one transaction, and each order is answered
+only after its group's transaction committed.
 
 Throughput on one product is one over the time an order holds the product lock (see
 ``app.market.service``). With many clients, orders queue on that lock; here the ones that
-queue in the same process are taken as a group: ``service.place_orders`` takes the lock,
-reads the book and locks the accounts once for all of them, matches them one after the other
-in arrival order exactly as it would one at a time, then flushes, notifies and commits once.
+queue in the same process are taken as a group: ``service.place_orders`` reads the book and
+locks the accounts once for all of them, matches them one after the other in arrival order
+exactly as it would one at a time, then writes, notifies and commits once.
 
-- An order arriving when nothing is being placed on its product in this process takes the
-  usual path, in its request's own transaction (committed by the session dependency). Orders
-  arriving meanwhile wait in the product's queue; when that order is done, a task of the
-  process places what waits, up to ``MAX_GROUP`` at a time, in its own session, and commits
-  (the one exception to "the session dependency commits": each request's answer waits for
-  this commit, so an acknowledged order is committed, as before).
+- An order joins its product's queue in this process; a task of the process (one per product
+  with a queue) takes the product lock, *then* takes what waits in the queue (up to
+  ``MAX_GROUP``) as the group, places it in its own session and commits, and starts again
+  while anything waits. Taking the lock first means the group holds every order that arrived
+  while other processes held the lock; an order alone still goes at once. (The group's commit
+  is the one exception to "the session dependency commits": each request's answer waits for
+  it, so an acknowledged order is committed.)
 - A group is all or nothing: if any of its orders is refused (a shortfall, a post-only that
   would cross, a price outside the band, a duplicate ``client_order_id``…) or the
   transaction fails (a deadlock, a lost connection), it is rolled back and its orders are
   placed again one at a time, each in its own transaction, so each gets exactly the answer it
-  would have had alone, and no order is lost or half-applied.
+  would have had alone, and no order is lost or half-applied. An order placed alone gets its
+  refusal as its answer.
 - Requests with an ``Idempotency-Key`` take the usual path in the transaction the idempotency
   middleware owns (their stored response must commit with their effects), and so do orders on
   products that are not continuous (call auctions collect their orders in any case).
 
-- On a batch product, a group's ledger and serial-block writes are recorded and sent in one
-  call at the end (``app.db.deferred``, see ``app.market.service``): the group's time under
-  the lock no longer grows by a round trip per hold, payment and block change.
+- On a batch product, a group's writes (ledger, serial blocks, rows, NOTIFY) are recorded and
+  sent in one call at the end (``app.db.deferred``, see ``app.market.service``): the group's
+  time under the lock no longer grows by a round trip per hold, payment and block change.
 
 Across processes nothing changes: each process's groups queue on the same advisory lock.
 """
@@ -72,55 +74,37 @@ async def place_order(
     *,
     own_transaction: bool = False,
 ) -> market_service.PlacedOrder:
-    """Place an order (``service.place_order``), with the orders of the same product that
-    arrive while it is placed grouped as above. ``session``: the request's; ``sessionmaker``
-    makes the sessions of the groups; ``own_transaction``: the order must be placed in
-    ``session``'s transaction (an ``Idempotency-Key`` request)."""
+    """Place an order (``service.place_order``), grouped with the other orders of its product
+    as above. ``session``: the request's; ``sessionmaker`` makes the sessions of the groups;
+    ``own_transaction``: the order must be placed in ``session``'s transaction (an
+    ``Idempotency-Key`` request)."""
     if own_transaction:
         return await market_service.place_order(session, organization_id, body)
     product_id, mode = await market_service.product_id_and_mode(session, body.product)  # or 404
-    if mode != TradingMode.continuous:
+    if mode != TradingMode.continuous or session.new or session.dirty or session.deleted:
+        # A call product's order, or a request that wrote something: in its own transaction.
         [placed] = await market_service.place_orders(session, product_id, [(organization_id, body)])
         return placed
-    if product_id in _queues and not (session.new or session.dirty or session.deleted):
-        # One is being placed here: wait for the next group. The request has at most read (its
-        # key and product, usually remembered by the process): its session is closed here
-        # (its objects stay readable, detached) and gives its connection back, so that however
-        # many requests wait, the group's own session can get one.
-        await session.close()
-        queue = _queues.get(product_id)  # looked at again: the group may have ended meanwhile
-        if queue is not None:
-            waiting = _Waiting(organization_id, body)
-            queue.append(waiting)
-            return await waiting.placed
-    elif product_id in _queues:  # the request wrote something: keep it in its transaction
-        [placed] = await market_service.place_orders(session, product_id, [(organization_id, body)])
-        return placed
-    _queues[product_id] = []
-    try:
-        [placed] = await market_service.place_orders(session, product_id, [(organization_id, body)])
-        return placed
-    finally:
-        # What arrived meanwhile is placed by a task (this request's transaction commits after
-        # this returns; the task's first group then waits for the product lock it holds).
-        if _queues[product_id]:
-            task = asyncio.create_task(_drain(sessionmaker, product_id))
-            _tasks.add(task)
-            task.add_done_callback(_tasks.discard)
-        else:
-            del _queues[product_id]
+    # The request has at most read (its key and product, usually remembered by the process):
+    # its session is closed here (its objects stay readable, detached) and gives its
+    # connection back, so that however many requests wait, the group's own session can get one.
+    await session.close()
+    waiting = _Waiting(organization_id, body)
+    queue = _queues.get(product_id)
+    if queue is None:
+        queue = _queues[product_id] = []
+        task = asyncio.create_task(_drain(sessionmaker, product_id))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+    queue.append(waiting)
+    return await waiting.placed
 
 
 async def _drain(sessionmaker: SessionMaker, product_id: uuid.UUID) -> None:
     queue = _queues[product_id]
     try:
-        while True:
-            group = [w for w in queue[:MAX_GROUP] if not w.placed.done()]  # done: cancelled
-            del queue[:MAX_GROUP]
-            if group:
-                await _place_group(sessionmaker, product_id, group)
-            if not queue:
-                break
+        while queue:
+            await _place_next(sessionmaker, product_id, queue)
     finally:
         del _queues[product_id]  # no await since the last look: nothing can have arrived
         for waiting in queue:  # only if this task was cancelled (shutdown)
@@ -128,28 +112,50 @@ async def _drain(sessionmaker: SessionMaker, product_id: uuid.UUID) -> None:
                 waiting.placed.cancel()
 
 
-async def _place_group(
+def _take(queue: list[_Waiting]) -> list[_Waiting]:
+    group = [w for w in queue[:MAX_GROUP] if not w.placed.done()]  # done: cancelled
+    del queue[:MAX_GROUP]
+    return group
+
+
+async def _place_next(
+    sessionmaker: SessionMaker, product_id: uuid.UUID, queue: list[_Waiting]
+) -> None:
+    """Take the product lock, then as the group every order queued by then (up to
+    ``MAX_GROUP``): those that arrived while the other processes held the lock go together."""
+    group: list[_Waiting] = []
+    try:
+        async with sessionmaker() as session:
+            product = await market_service.lock_product(session, product_id)
+            group = _take(queue)
+            if not group:
+                return
+            placed = await market_service.place_orders(
+                session, product_id, [(w.organization_id, w.body) for w in group], locked=product
+            )
+            await session.commit()
+    except Exception as exc:
+        if len(group) == 1:  # placed alone: this is its answer
+            if not group[0].placed.done():
+                group[0].placed.set_exception(exc)
+            return
+        group = group or _take(queue)  # the lock failed: each order gets its own answer
+        log.info(
+            "market.group_retried_one_by_one",
+            product_id=str(product_id),
+            orders=len(group),
+            error=type(exc).__name__,
+        )
+        await _one_by_one(sessionmaker, product_id, group)
+        return
+    for waiting, one in zip(group, placed, strict=True):
+        if not waiting.placed.done():
+            waiting.placed.set_result(one)
+
+
+async def _one_by_one(
     sessionmaker: SessionMaker, product_id: uuid.UUID, group: list[_Waiting]
 ) -> None:
-    if len(group) > 1:
-        try:
-            async with sessionmaker() as session:
-                placed = await market_service.place_orders(
-                    session, product_id, [(w.organization_id, w.body) for w in group]
-                )
-                await session.commit()
-        except Exception as exc:  # one by one: each gets its own answer
-            log.info(
-                "market.group_retried_one_by_one",
-                product_id=str(product_id),
-                orders=len(group),
-                error=type(exc).__name__,
-            )
-        else:
-            for waiting, one in zip(group, placed, strict=True):
-                if not waiting.placed.done():
-                    waiting.placed.set_result(one)
-            return
     for waiting in group:
         try:
             async with sessionmaker() as session:

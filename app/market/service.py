@@ -943,17 +943,32 @@ async def place_order(
     return placed
 
 
+async def lock_product(session: AsyncSession, product_id: uuid.UUID) -> Product:
+    """Take the product's lock (every change to its book is serialised on it) and read the
+    product as of the lock."""
+    product = await ProductRepository(session).lock_and_reload(product_id)
+    if product is None:  # an id from ``product_id_and_mode`` that is no more (tests only)
+        for code, (cached, _) in list(_PRODUCT_IDS.items()):
+            if cached == product_id:
+                del _PRODUCT_IDS[code]
+        raise ProductNotFound("No such product.", product=str(product_id))
+    return product
+
+
 async def place_orders(
     session: AsyncSession,
     product_id: uuid.UUID,
     items: Sequence[tuple[uuid.UUID, OrderCreate]],
+    *,
+    locked: Product | None = None,
 ) -> list[PlacedOrder]:
     """Place orders on one product, in the given order, under one acquisition of its lock, in
     the caller's transaction: what placing them one after the other would do (the same checks,
     matching, holds, fills, rows and notifications, in the same order), with what does not
     depend on the order done once (the lock, reading the book, locking the accounts, the
     flush, the NOTIFY). A refusal of any of them raises: the caller rolls the transaction back
-    (``app.market.group`` then places that group's orders one at a time)."""
+    (``app.market.group`` then places that group's orders one at a time). ``locked``: the
+    product as ``lock_product`` returned it in this transaction (the lock is held already)."""
     orders = OrderRepository(session)
     # Read before the lock (it needs no book; the unique constraint backstops a race, below)
     # and refused at its usual place, after the band and call checks.
@@ -962,12 +977,7 @@ async def place_orders(
         and await orders.by_client_id(organization_id, body.client_order_id) is not None
         for organization_id, body in items
     ]
-    product = await ProductRepository(session).lock_and_reload(product_id)  # as of the lock
-    if product is None:  # an id from ``product_id_and_mode`` that is no more (tests only)
-        for code, (cached, _) in list(_PRODUCT_IDS.items()):
-            if cached == product_id:
-                del _PRODUCT_IDS[code]
-        raise ProductNotFound("No such product.", product=str(product_id))
+    product = locked or await lock_product(session, product_id)
     # A call product's orders rest without matching until the call (``app.market.calls``).
     collecting = await phase.collects_orders(session, product, utc_now())
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.market import group
 from app.market import service as market_service
@@ -20,10 +20,7 @@ from app.market.schemas import OrderCreate
 from tests.factories import create_org
 from tests.market.helpers import assert_market_clean, cash, market, order
 
-PlaceOrders = Callable[
-    [AsyncSession, uuid.UUID, Sequence[tuple[uuid.UUID, OrderCreate]]],
-    Awaitable[list[market_service.PlacedOrder]],
-]
+PlaceOrders = Callable[..., Awaitable[list[market_service.PlacedOrder]]]
 
 
 class Groups(list[int]):
@@ -45,6 +42,7 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> Groups:
         session: AsyncSession,
         product_id: uuid.UUID,
         items: Sequence[tuple[uuid.UUID, OrderCreate]],
+        **options: Any,
     ) -> list[market_service.PlacedOrder]:
         sizes.append(len(items))
         if len(sizes) == 1:
@@ -52,7 +50,7 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> Groups:
                 if len(group._queues.get(product_id, [])) >= sizes.queued:
                     break
                 await asyncio.sleep(0.01)
-        return await real(session, product_id, items)
+        return await real(session, product_id, items, **options)
 
     monkeypatch.setattr(market_service, "place_orders", spy)
     return sizes
@@ -170,4 +168,36 @@ async def test_a_client_order_id_repeated_inside_a_group_is_refused_once(
     stored = (await session.execute(text("SELECT count(*) FROM market_orders"))).scalar_one()
     await session.rollback()
     assert stored == 3
+    await assert_market_clean(session)
+
+
+async def test_orders_arriving_while_another_process_holds_the_lock_go_as_one_group(
+    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine, groups: Groups
+) -> None:
+    """The group is taken once the lock is held: every order that queued while another
+    process (here: another connection) held the product's lock goes in it, the first too."""
+    m = await market(client, sellers=2, buyers=2)
+    groups.clear()
+    async with engine.connect() as other:
+        await other.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('market:' || :p, 0))"),
+            {"p": m.product["id"]},
+        )
+        sends = [
+            asyncio.ensure_future(order(client, m.buyers[0], m, "buy", 1_000, 1)),
+            asyncio.ensure_future(order(client, m.sellers[0], m, "sell", 1_000, 1)),
+            asyncio.ensure_future(order(client, m.buyers[1], m, "buy", 1_000, 1)),
+            asyncio.ensure_future(order(client, m.sellers[1], m, "sell", 1_000, 1)),
+        ]
+        for _ in range(500):  # until all four wait in the queue
+            if len(group._queues.get(uuid.UUID(m.product["id"]), [])) == len(sends):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert not any(s.done() for s in sends)  # nothing placed while the lock is held
+        await other.rollback()  # releases the lock
+    answers = await asyncio.gather(*sends)
+    assert [r.status_code for r in answers] == [201] * 4, [r.text for r in answers]
+    assert groups == [4]
+    assert [r.json()["status"] for r in answers] == ["filled"] * 4
     await assert_market_clean(session)
