@@ -30,7 +30,10 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         max_overflow=settings.database.max_overflow,
         pool_pre_ping=False,
         echo=settings.database.echo,
-        connect_args={"server_settings": {"application_name": "tanso"}},
+        # JIT off: the service runs short statements, and a JIT compilation (hundreds of ms,
+        # seen on a prepared registry look-up whose generic plan was costed high) would cost
+        # more than any of them.
+        connect_args={"server_settings": {"application_name": "tanso", "jit": "off"}},
     )
 
 
