@@ -60,8 +60,8 @@ class _Waiting:
     )
 
 
-# Product id -> the orders waiting for the order being placed (or the group): present while
-# this process is placing orders on the product.
+# Product id -> the orders waiting to be placed: present while this process's task for the
+# product (``_drain``) runs.
 _queues: dict[uuid.UUID, list[_Waiting]] = {}
 _tasks: set[asyncio.Task[None]] = set()
 
@@ -134,6 +134,10 @@ async def _place_next(
                 session, product_id, [(w.organization_id, w.body) for w in group], locked=product
             )
             await session.commit()
+    except asyncio.CancelledError:  # shutdown: the taken orders' requests end too
+        for waiting in group:
+            waiting.placed.cancel()
+        raise
     except Exception as exc:
         if len(group) == 1:  # placed alone: this is its answer
             if not group[0].placed.done():
