@@ -63,8 +63,9 @@ async def test_a_key_is_read_once_then_remembered(
     org = await create_org(client)
     assert (await client.get("/v1/me", headers=org.headers)).status_code == 200
     assert await _remembered(listening, org.key)
-    # Remembered: it authenticates without its row (a rename the notice is not yet in).
+    # Remembered: the next authentication is answered from memory, the same caller.
     principal = await accounts_service.authenticate(session, org.key, ADMIN_KEY)
+    assert principal is listening.get(accounts_service.hash_key(org.key))
     assert str(principal.organization_id) == org.id
 
 
