@@ -5,15 +5,16 @@ trip per hold, per payment out of a hold, per fee and per serial-block change, a
 under the lock was mostly spent waiting for those answers. While a session ``defers``
 (``deferring(session)``), the ledger's hold operations and two-leg transfers
 (``app.ledger.service``) and the registry's serial-block changes
-(``app.offsets.repository.apply_change``) are recorded here instead of run, and ``send``
-runs them all, in the recorded order, in one call of ``tanso_apply_deferred`` (migration
-0015): the same SQL functions as the one-by-one path, so the same checks and entries.
+(``app.offsets.repository.apply_change``) are recorded here instead of run. ``take_arguments``
+turns them into the arguments of ``tanso_apply_deferred`` (migration 0015), which the group's
+one write call (``market_apply_group``, 0017) runs first, in the recorded order: the same SQL
+functions as the one-by-one path, so the same checks and entries.
 
 Only writes whose answer the caller already knows are deferred (hold ids and entry ids are
-made here, not by the database), and only where nothing read before ``send`` depends on a
+made here, not by the database), and only where nothing read before that call depends on a
 deferred write: the registry keeps its own copy of the live blocks it changes
-(``caches``). A refusal (a shortfall, a hold no longer active) surfaces from ``send``, and the
-caller rolls the whole transaction back (the group is then placed one order at a time, where
+(``caches``). A refusal (a shortfall, a hold no longer active) surfaces from the call, and
+the caller rolls the whole transaction back (the group is then placed one order at a time, where
 each refusal has its own answer).
 """
 
@@ -28,10 +29,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.time import utc_now
-from app.db.driver import scalar_call
 
 _KEY = "tanso.deferred"
-_SQL = "SELECT tanso_apply_deferred(" + ", ".join(f"${i}" for i in range(1, 24)) + ")"
 
 
 @dataclass(slots=True)
@@ -78,8 +77,8 @@ def deferred(session: AsyncSession) -> DeferredWrites | None:
 
 @asynccontextmanager
 async def deferring(session: AsyncSession) -> AsyncIterator[DeferredWrites]:
-    """Record the session's deferrable writes until ``send``; what is not sent when the block
-    ends (an error in it) is dropped (the caller rolls back)."""
+    """Record the session's deferrable writes until ``take_arguments``; what is not taken when
+    the block ends (an error in it) is dropped (the caller rolls back)."""
     if _KEY in session.info:
         raise RuntimeError("the session is already deferring its writes")
     writes = DeferredWrites()
@@ -131,12 +130,3 @@ def take_arguments(session: AsyncSession) -> list[Any]:
         *(list(column) for column in columns),
         [row[0] in gone for row in created],
     ]
-
-
-async def send(session: AsyncSession) -> None:
-    """Run what was recorded, in one round trip, and start recording afresh. A refusal
-    raises ``DatabaseRefusal`` (the transaction must then be rolled back)."""
-    writes = deferred(session)
-    if writes is None or not (writes.ledger or writes.blocks):
-        return
-    await scalar_call(session, _SQL, take_arguments(session))
