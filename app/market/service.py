@@ -1165,17 +1165,11 @@ async def place_orders(
 # While a group defers its writes, the rows it adds (orders, their credit holds, trades), sent
 # by ``_send_group``; the key of its list in the deferred writes' caches.
 _GROUP_ROWS = "market.rows"
-_ORDER_COLUMNS = (
-    "id", "product_id", "organization_id", "side", "type", "price", "quantity",
-    "filled_quantity", "filled_amount", "status", "cancel_reason", "time_in_force", "post_only",
-    "expires_at", "client_order_id", "cash_hold_id", "created_at", "updated_at",
-)  # fmt: skip
-_CREDIT_HOLD_COLUMNS = ("order_id", "position", "batch_id", "hold_id", "quantity")
-_TRADE_COLUMNS = (
-    "id", "product_id", "batch_id", "price", "quantity", "taker_side", "buy_order_id",
-    "sell_order_id", "buyer_organization_id", "seller_organization_id", "serial_ranges",
-    "buyer_fee", "seller_fee", "executed_at",
-)  # fmt: skip
+# Every column of each row as the model defines it (the order's ``sequence`` is the identity
+# the call assigns): the keys of the JSON objects the call reads its rows from.
+_ORDER_COLUMNS = tuple(c.name for c in MarketOrder.__table__.columns if c.name != "sequence")
+_CREDIT_HOLD_COLUMNS = tuple(c.name for c in MarketOrderCreditHold.__table__.columns)
+_TRADE_COLUMNS = tuple(c.name for c in MarketTrade.__table__.columns)
 # What a fill or a close changes on a resting order.
 _FILL_COLUMNS = ("id", "filled_quantity", "filled_amount", "status", "cancel_reason", "updated_at")
 _GROUP_SQL = (
