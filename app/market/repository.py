@@ -6,7 +6,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, bindparam, or_, select, text
+from sqlalchemy import BigInteger, Integer, Select, Uuid, bindparam, column, or_, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from app.core.pagination import Page, PageParams
 from app.core.repository import Repository
@@ -29,6 +30,40 @@ _OPEN_ORDERS = (
         or_(*(MarketOrder.status == status for status in OPEN_STATUSES)),
     )
     .order_by(MarketOrder.sequence)
+    .execution_options(populate_existing=True)
+)
+# The same book, each resting sell order with what is left of its credit holds (active, with
+# something remaining), in delivery order, as parallel arrays: the order path reads the
+# makers' holds with the book, in the same round trip, instead of once the fills name them.
+# Under the product lock nothing else changes a resting order's holds.
+_HOLD_COLUMNS = (
+    column("hold_positions", ARRAY(Integer)),
+    column("hold_batches", ARRAY(Uuid())),
+    column("hold_ids", ARRAY(Uuid())),
+    column("hold_remaining", ARRAY(BigInteger)),
+)
+_OPEN_ORDERS_WITH_CREDIT_HOLDS = (
+    select(MarketOrder, *_HOLD_COLUMNS)
+    .from_statement(
+        text(
+            "SELECT "
+            + ", ".join(f"o.{c.name}" for c in MarketOrder.__table__.columns)
+            + ", h.hold_positions, h.hold_batches, h.hold_ids, h.hold_remaining"
+            " FROM market_orders o"
+            " LEFT JOIN LATERAL ("
+            "  SELECT array_agg(c.position ORDER BY c.position) AS hold_positions,"
+            "         array_agg(c.batch_id ORDER BY c.position) AS hold_batches,"
+            "         array_agg(c.hold_id ORDER BY c.position) AS hold_ids,"
+            "         array_agg(l.remaining ORDER BY c.position) AS hold_remaining"
+            "    FROM market_order_credit_holds c JOIN ledger_holds l ON l.id = c.hold_id"
+            "   WHERE c.order_id = o.id AND o.side = 'sell'"
+            "     AND l.status = 'active' AND l.remaining > 0"
+            " ) h ON true"
+            " WHERE o.product_id = :product_id AND ("
+            + " OR ".join(f"o.status = '{status.value}'" for status in OPEN_STATUSES)
+            + ") ORDER BY o.sequence"
+        ).columns(*MarketOrder.__table__.columns, *_HOLD_COLUMNS)
+    )
     .execution_options(populate_existing=True)
 )
 _BY_CLIENT_ID = select(MarketOrder).where(
@@ -81,6 +116,22 @@ class OrderRepository(Repository[MarketOrder]):
         """The product's resting orders in sequence (time priority) order."""
         result = await self.session.execute(_OPEN_ORDERS, {"product_id": product_id})
         return list(result.scalars().all())
+
+    async def open_orders_with_credit_holds(
+        self, product_id: uuid.UUID
+    ) -> tuple[list[MarketOrder], dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]]]:
+        """``open_orders``, and each resting sell order's credit holds with something left, as
+        (position, batch, hold, remaining) in delivery order, in one round trip."""
+        result = await self.session.execute(
+            _OPEN_ORDERS_WITH_CREDIT_HOLDS, {"product_id": product_id}
+        )
+        orders: list[MarketOrder] = []
+        holds: dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]] = {}
+        for order, positions, batches, hold_ids, remaining in result:
+            orders.append(order)
+            if positions:
+                holds[order.id] = list(zip(positions, batches, hold_ids, remaining, strict=True))
+        return orders, holds
 
     async def own(
         self, organization_id: uuid.UUID, order_id: uuid.UUID, *, for_update: bool = False

@@ -995,13 +995,15 @@ async def place_orders(
     # A GTD order past its expiry never trades, even before the minute task has run. The due
     # ones are among the open orders loaded anyway: only if one is there does the expiry path
     # (its own statements) run, and the book is read again after it.
+    # The resting sell orders' credit holds come with the book (one round trip): the fills
+    # below name the makers whose holds the settlement takes from.
     now = utc_now()
-    resting = await orders.open_orders(product.id)
+    resting, book_holds = await orders.open_orders_with_credit_holds(product.id)
     if any(_is_due(o, now) for o in resting):
         await expire_product_orders(session, product.id, now, locked=True)
-        resting = await orders.open_orders(product.id)
+        resting, book_holds = await orders.open_orders_with_credit_holds(product.id)
     if collecting:
-        resting = []
+        resting, book_holds = [], {}
     by_id: dict[uuid.UUID, MarketOrder] = {o.id: o for o in resting}
 
     # Match first, in memory (the book is rebuilt from the database and thrown away): the fills
@@ -1063,8 +1065,8 @@ async def place_orders(
             )
         )
 
-    # What the fills and holds touch: the makers' credit holds (read once), the sell orders'
-    # batches (a category product's: an unlocked first look at the holdings, re-read below
+    # What the fills and holds touch: the makers' credit holds (read with the book), the sell
+    # orders' batches (a category product's: an unlocked first look at the holdings, re-read below
     # under the locks), and every account, all locked at once.
     placed_here = {i.order_id for i in incoming}
     sellers_from_book = {
@@ -1073,7 +1075,11 @@ async def place_orders(
         for fill in i.fills
         if _maker(fill) not in placed_here and known[_maker(fill)][1] == Side.SELL
     }
-    held_credits = await credit_holds(session, sorted(sellers_from_book))
+    held_credits = {
+        oid: [CreditHold(oid, *hold) for hold in book_holds[oid]]
+        for oid in sorted(sellers_from_book)
+        if oid in book_holds
+    }
     sell_batches = {oid: [h.batch_id for h in hs] for oid, hs in held_credits.items()}
     for i in incoming:
         if i.body.side == Side.SELL:
