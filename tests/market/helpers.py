@@ -11,6 +11,8 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.market import service as market_service
+from app.market.repository import OrderRepository
 from tests.factories import ADMIN, Org, create_org, deposit
 from tests.offsets.helpers import assert_books_clean, new_batch, transfer
 
@@ -223,5 +225,22 @@ async def assert_market_clean(session: AsyncSession) -> None:
         rows = (await session.execute(text(sql))).scalars().all()
         if rows:
             broken[name] = list(rows)
+    await assert_book_reads_agree(session)
     await session.rollback()
     assert broken == {}
+
+
+async def assert_book_reads_agree(session: AsyncSession) -> None:
+    """The order path's book read (the resting orders with their sells' credit holds, one
+    statement) finds what the two separate reads find, for every product."""
+    products = (await session.execute(text("SELECT id FROM market_products"))).scalars().all()
+    repository = OrderRepository(session)
+    for product_id in products:
+        resting, holds = await repository.open_orders_with_credit_holds(product_id)
+        assert [o.id for o in resting] == [o.id for o in await repository.open_orders(product_id)]
+        sells = [o.id for o in resting if o.side == "sell"]
+        expected = await market_service.credit_holds(session, sells)
+        assert {
+            order_id: [(h.position, h.batch_id, h.hold_id, h.remaining) for h in found]
+            for order_id, found in expected.items()
+        } == holds
