@@ -5,7 +5,8 @@ included routers each route tried costs a few microseconds (twice: once to find 
 once to find the route in it). The market's routes come first: placing an order is the
 hottest request there is, and behind the other domains' routes its matching alone took
 about 200 µs of a worker's CPU, against about 30 µs first (``bench/orders``). No two domains
-share a path (no template of one matches another's path), so the order changes nothing else (the OpenAPI document groups by tag).
+share a path (no template of one matches another's path), so the order changes nothing else
+(the OpenAPI document groups by tag).
 """
 
 from fastapi import APIRouter
