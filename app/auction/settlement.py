@@ -51,8 +51,6 @@ transaction rolls back: nothing is half-settled.
 
 from __future__ import annotations
 
-import secrets
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +76,7 @@ from app.auction.models import (
 )
 from app.auction.repository import AuctionRepository
 from app.auction.service import rules_of
+from app.core.ids import new_ids
 from app.core.time import utc_now
 from app.db.driver import fetch_rows
 from app.ledger import service as ledger_service
@@ -129,19 +128,6 @@ def route_payments(payments: Sequence[int], receipts: Sequence[int]) -> list[lis
             room -= take
         out.append(pieces)
     return out
-
-
-def time_ordered_ids(count: int) -> list[uuid.UUID]:
-    """``count`` UUIDv7s in ascending order (RFC 9562: the 48-bit millisecond clock, then a
-    74-bit counter started at a random value, the "monotonic random" method), ~20× faster
-    than ``new_id`` per id: an auction close names tens of thousands of allocation rows."""
-    millis = time.time_ns() // 1_000_000
-    start = secrets.randbits(72)  # room below 2**74 for the counter to grow without overflow
-    head = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | 0b10 << 62
-    low = (1 << 62) - 1
-    return [
-        uuid.UUID(int=head | ((start + i) >> 62) << 64 | ((start + i) & low)) for i in range(count)
-    ]
 
 
 # --- the close -------------------------------------------------------------------------
@@ -325,7 +311,7 @@ async def _record_allocations(
             _INSERT_ALLOCATIONS,
             {
                 "auction_id": auction.id,
-                "ids": time_ordered_ids(len(won)),
+                "ids": new_ids(len(won)),
                 "bid_ids": won,
                 "bidders": list(allocations.bidders),
                 "quantities": list(allocations.quantities),

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
-import uuid
 from collections import Counter
 
 import httpx
@@ -18,7 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auction.settlement import pro_rata, route_payments, time_ordered_ids
+from app.auction.settlement import pro_rata, route_payments
 from tests.auction.helpers import (
     assert_nothing_held,
     auctioneer,
@@ -84,21 +82,6 @@ class TestRoutePayments:
     def test_sums_must_agree(self) -> None:
         with pytest.raises(ValueError, match="same sum"):
             route_payments([1, 2], [4])
-
-
-class TestTimeOrderedIds:
-    @given(st.integers(min_value=0, max_value=5_000))
-    def test_unique_ascending_uuid7(self, count: int) -> None:
-        ids = time_ordered_ids(count)
-        assert len(ids) == count
-        assert ids == sorted(ids)
-        assert len(set(ids)) == count
-        assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
-
-    def test_later_batches_sort_after(self) -> None:
-        first = time_ordered_ids(3)
-        time.sleep(0.002)
-        assert time_ordered_ids(1)[0] > first[-1]
 
 
 class TestBatchedClose:
