@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -69,6 +70,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dsn = libpq_url(app.state.engine.url.render_as_string(hide_password=False))
             keys = asyncio.create_task(KEYS.listen(dsn))
         log.info("app.started", environment=settings.environment, worker=worker is not None)
+        if owns_engine:
+            # What startup made (modules, models, routes, the schema: about 200,000 objects)
+            # lives as long as the process: frozen out of the garbage collector's view, a
+            # full collection no longer walks it. Without this, each full collection paused
+            # the process for about 150 ms under load, whatever it was doing (holding a
+            # product's lock included).
+            gc.collect()
+            gc.freeze()
         yield {}
         if keys is not None:
             keys.cancel()
