@@ -84,12 +84,18 @@ def admin_principal() -> Principal:
     return Principal(api_key_id=ADMIN_KEY_ID, scopes=frozenset(Scope), organization=None)
 
 
-async def authenticate(session: AsyncSession, token: str, admin_key: str) -> Principal:
+def known_principal(token: str, admin_key: str) -> Principal | None:
+    """The caller without a database read: the admin, or a key this process read before and
+    of which nothing changed since (``KEYS``); None if the database must be asked."""
     if hmac.compare_digest(token.encode(), admin_key.encode()):
         return admin_principal()
-    key_hash = hash_key(token)
-    if (known := KEYS.get(key_hash)) is not None:  # read before, nothing changed since
+    return KEYS.get(hash_key(token))
+
+
+async def authenticate(session: AsyncSession, token: str, admin_key: str) -> Principal:
+    if (known := known_principal(token, admin_key)) is not None:
         return known
+    key_hash = hash_key(token)
     generation = KEYS.generation
     found = await ApiKeyRepository(session).active_by_hash(key_hash)
     if found is None:

@@ -12,9 +12,9 @@ exactly as it would one at a time, then writes, notifies and commits once.
   with a queue) takes the product lock, *then* takes what waits in the queue (up to
   ``MAX_GROUP``) as the group, places it in its own session and commits, and starts again
   while anything waits. Taking the lock first means the group holds every order that arrived
-  while other processes held the lock; an order alone still goes at once. (The group's commit
-  is the one exception to "the session dependency commits": each request's answer waits for
-  it, so an acknowledged order is committed.)
+  while other processes held the lock; an order alone still goes at once. (The order route
+  has no request session: the group's commit is the one that counts, and each request's
+  answer waits for it, so an acknowledged order is committed.)
 - A group is all or nothing: if any of its orders is refused (a shortfall, a post-only that
   would cross, a price outside the band, a duplicate ``client_order_id``…) or the
   transaction fails (a deadlock, a lost connection), it is rolled back and its orders are
@@ -22,8 +22,9 @@ exactly as it would one at a time, then writes, notifies and commits once.
   would have had alone, and no order is lost or half-applied. An order placed alone gets its
   refusal as its answer.
 - Requests with an ``Idempotency-Key`` take the usual path in the transaction the idempotency
-  middleware owns (their stored response must commit with their effects), and so do orders on
-  products that are not continuous (call auctions collect their orders in any case).
+  middleware owns (their stored response must commit with their effects); orders on products
+  that are not continuous (call auctions collect their orders in any case) are placed one by
+  one, each in a session and transaction of its own.
 
 - On a batch product, a group's writes (ledger, serial blocks, rows, NOTIFY) are recorded and
   sent in one call at the end (``app.db.deferred``, see ``app.market.service``): the group's
@@ -39,9 +40,8 @@ import uuid
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.session import SessionMaker
+from app.db.session import SessionMaker, session_scope
 from app.market import service as market_service
 from app.market.models import TradingMode
 from app.market.schemas import OrderCreate
@@ -67,28 +67,27 @@ _tasks: set[asyncio.Task[None]] = set()
 
 
 async def place_order(
-    session: AsyncSession,
-    sessionmaker: SessionMaker,
-    organization_id: uuid.UUID,
-    body: OrderCreate,
-    *,
-    own_transaction: bool = False,
+    sessionmaker: SessionMaker, organization_id: uuid.UUID, body: OrderCreate
 ) -> market_service.PlacedOrder:
     """Place an order (``service.place_order``), grouped with the other orders of its product
-    as above. ``session``: the request's; ``sessionmaker`` makes the sessions of the groups;
-    ``own_transaction``: the order must be placed in ``session``'s transaction (an
-    ``Idempotency-Key`` request)."""
-    if own_transaction:
-        return await market_service.place_order(session, organization_id, body)
-    product_id, mode = await market_service.product_id_and_mode(session, body.product)  # or 404
-    if mode != TradingMode.continuous or session.new or session.dirty or session.deleted:
-        # A call product's order, or a request that wrote something: in its own transaction.
-        [placed] = await market_service.place_orders(session, product_id, [(organization_id, body)])
-        return placed
-    # The request has at most read (its key and product, usually remembered by the process):
-    # its session is closed here (its objects stay readable, detached) and gives its
-    # connection back, so that however many requests wait, the group's own session can get one.
-    await session.close()
+    as above, in sessions of ``sessionmaker``. (An ``Idempotency-Key`` request's order is
+    placed in the transaction the middleware owns instead: ``service.place_order``.)"""
+    found = market_service.known_product(body.product)
+    if found is None or found[1] != TradingMode.continuous:
+        async with session_scope(sessionmaker) as session:
+            product_id, mode = found or await market_service.product_id_and_mode(
+                session, body.product
+            )  # or 404
+            if mode != TradingMode.continuous:
+                # A call product's order (call auctions collect orders, one at a time).
+                [placed] = await market_service.place_orders(
+                    session, product_id, [(organization_id, body)]
+                )
+                return placed
+    else:
+        product_id, _ = found
+    # Until its group is placed, the request holds no session and no connection: however
+    # many requests wait, the group's own session can get one.
     waiting = _Waiting(organization_id, body)
     queue = _queues.get(product_id)
     if queue is None:

@@ -182,18 +182,17 @@ async def list_products(session: SessionDep, _: AnyKeyDep) -> list[ProductRead]:
     ),
     summary="Place an order: its cash or credits are held, it is matched and its fills settled",
 )
-async def place_order(
-    body: OrderCreate, request: Request, session: SessionDep, principal: TraderDep
-) -> OrderRead:
-    # Grouped with the same product's concurrent orders (``app.market.group``), except when
-    # the idempotency middleware owns the transaction (its stored answer commits with it).
-    placed = await market_group.place_order(
-        session,
-        request.app.state.sessionmaker,
-        principal.organization_id,
-        body,
-        own_transaction=request.scope.get("state", {}).get(REQUEST_SESSION_KEY) is not None,
-    )
+async def place_order(body: OrderCreate, request: Request, principal: TraderDep) -> OrderRead:
+    # Grouped with the same product's concurrent orders (``app.market.group``, in sessions of
+    # its own: no request session), except when the idempotency middleware owns the
+    # transaction (its stored answer commits with the order).
+    owned = request.scope.get("state", {}).get(REQUEST_SESSION_KEY)
+    if owned is not None:
+        placed = await market_service.place_order(owned, principal.organization_id, body)
+    else:
+        placed = await market_group.place_order(
+            request.app.state.sessionmaker, principal.organization_id, body
+        )
     return order_read(placed.order, placed.product.code, placed.trades)
 
 

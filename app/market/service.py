@@ -251,6 +251,11 @@ async def product_id_and_mode(session: AsyncSession, code: str) -> tuple[uuid.UU
     return found
 
 
+def known_product(code: str) -> tuple[uuid.UUID, TradingMode] | None:
+    """``product_id_and_mode`` if this process has read it already (no session needed)."""
+    return _PRODUCT_IDS.get(code)
+
+
 def forget_products() -> None:
     _PRODUCT_IDS.clear()
 
