@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from app.accounts import service as accounts_service
 from app.accounts.keycache import KEYS
-from app.api import v1
+from app.api import include_v1
 from app.config import Settings, get_settings
 from app.core.errors import install_error_handlers, problem_response
 from app.core.idempotency import IdempotencyMiddleware
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware, authenticate=accounts_service.authenticate)
     app.add_middleware(RequestIdMiddleware)
-    app.include_router(v1)
+    include_v1(app)
 
     @app.get("/health", tags=["health"], summary="Liveness: the process answers")
     async def health() -> dict[str, str]:
