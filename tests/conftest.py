@@ -115,6 +115,7 @@ async def _truncate(engine: AsyncEngine) -> None:
             await conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
         await conn.execute(text("DELETE FROM ledger_assets WHERE code <> 'JPY'"))
     market_service.forget_products()  # product codes may come back with other ids
+    market_service.forget_accounts()  # and accounts too
 
 
 @pytest.fixture(autouse=True)

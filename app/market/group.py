@@ -125,12 +125,17 @@ async def _place_next(
     group: list[_Waiting] = []
     try:
         async with sessionmaker() as session:
-            product = await market_service.lock_product(session, product_id)
+            # With its batch: a batch product's group settles on it (``place_orders``).
+            product = await market_service.lock_product(session, product_id, with_batch=True)
             group = _take(queue)
             if not group:
                 return
             placed = await market_service.place_orders(
-                session, product_id, [(w.organization_id, w.body) for w in group], locked=product
+                session,
+                product_id,
+                [(w.organization_id, w.body) for w in group],
+                locked=product,
+                batch_locked=True,
             )
             await session.commit()
     except asyncio.CancelledError:  # shutdown: the taken orders' requests end too

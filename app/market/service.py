@@ -107,7 +107,7 @@ from app.core.ids import new_id
 from app.core.pagination import Page, PageParams
 from app.core.time import utc_now
 from app.db import deferred as deferred_writes
-from app.db.driver import fetch_rows
+from app.db.driver import DatabaseRefusal, fetch_rows
 from app.ledger import service as ledger_service
 from app.ledger.errors import LedgerInvariantViolated
 from app.ledger.models import Account, AccountKind, Hold, HoldStatus
@@ -575,14 +575,16 @@ def _order_keys(
     }
 
 
-# Accounts seen to exist, by key: only a hint, never a source of ids. When every account a step
-# needs is in it, ``lock_settlement`` finds and locks them in one statement (in id order, as
-# the long way does) instead of reading them, creating the missing ones, then locking them.
-# The ids always come from that statement, in the transaction's own snapshot, so a hint that
-# is wrong (an account created by a transaction that then rolled back, or a test's TRUNCATE)
-# cannot hand out an id: the statement then finds fewer rows than asked, the hint is dropped
-# and the long way runs.
-_SEEN_ACCOUNTS: set[tuple[uuid.UUID | None, str, AccountKind]] = set()
+# Accounts seen to exist: key -> id (an account's id never changes). A hint, checked where it
+# is used. When every account a step needs is in it, ``lock_settlement`` finds and locks them
+# by key in one statement (in id order, as the long way does) instead of reading them,
+# creating the missing ones, then locking them; the ids come from that statement. A group of
+# orders on a batch product takes the ids from here and has them locked by its write call
+# (``market_lock_accounts_and_apply_group``, migration 0020), which refuses (TN016) before
+# writing anything if one does not exist. Either way a hint that is wrong (an account created
+# by a transaction that then rolled back, or a test's TRUNCATE) hands out no id that is
+# used: the hint is dropped and the long way runs.
+_SEEN_ACCOUNTS: dict[tuple[uuid.UUID | None, str, AccountKind], uuid.UUID] = {}
 _SEEN_ACCOUNTS_MAX = 100_000  # then start over: a hint, not a copy of the table
 
 # The ids of the accounts named by (:orgs, :assets, :kinds), and the fee account if :fee.
@@ -615,6 +617,20 @@ def _remember_accounts(found: LockedAccounts) -> None:
     _SEEN_ACCOUNTS.update(found)
 
 
+def _seen_accounts(keys: Iterable[AccountKey], fee_account: bool) -> LockedAccounts | None:
+    """The ids of these accounts (and the fee account) if all were seen, else None."""
+    wanted: set[tuple[uuid.UUID | None, str, AccountKind]] = set(keys)
+    if fee_account:
+        wanted.add((None, ledger_service.CASH, FEES))
+    if not wanted <= _SEEN_ACCOUNTS.keys():
+        return None
+    return {key: _SEEN_ACCOUNTS[key] for key in wanted}
+
+
+def forget_accounts() -> None:
+    _SEEN_ACCOUNTS.clear()
+
+
 async def lock_settlement(
     session: AsyncSession,
     batch_ids: Iterable[uuid.UUID],
@@ -638,7 +654,7 @@ async def lock_settlement(
     fee_key = (None, ledger_service.CASH, FEES)
     fast = bool(
         (wanted or fee_account)
-        and wanted <= _SEEN_ACCOUNTS
+        and wanted <= _SEEN_ACCOUNTS.keys()
         and (not fee_account or fee_key in _SEEN_ACCOUNTS)
     )
     if batches and not fast:
@@ -665,6 +681,7 @@ async def lock_settlement(
             (row.organization_id, row.asset, AccountKind(row.kind)): row.id for row in rows
         }
         if len(locked) == len(wanted) + fee_account:
+            _remember_accounts(locked)
             return locked
         _SEEN_ACCOUNTS.clear()  # a hint went stale (a test's TRUNCATE): take the long way
     accounts: LockedAccounts = {}
@@ -948,10 +965,13 @@ async def place_order(
     return placed
 
 
-async def lock_product(session: AsyncSession, product_id: uuid.UUID) -> Product:
+async def lock_product(
+    session: AsyncSession, product_id: uuid.UUID, *, with_batch: bool = False
+) -> Product:
     """Take the product's lock (every change to its book is serialised on it) and read the
-    product as of the lock."""
-    product = await ProductRepository(session).lock_and_reload(product_id)
+    product as of the lock. ``with_batch``: and then its batch's, if it has one (a group of
+    orders, which settles on it: ``place_orders(batch_locked=True)``)."""
+    product = await ProductRepository(session).lock_and_reload(product_id, with_batch=with_batch)
     if product is None:  # an id from ``product_id_and_mode`` that is no more (tests only)
         for code, (cached, _) in list(_PRODUCT_IDS.items()):
             if cached == product_id:
@@ -966,6 +986,7 @@ async def place_orders(
     items: Sequence[tuple[uuid.UUID, OrderCreate]],
     *,
     locked: Product | None = None,
+    batch_locked: bool = False,
 ) -> list[PlacedOrder]:
     """Place orders on one product, in the given order, under one acquisition of its lock, in
     the caller's transaction: what placing them one after the other would do (the same checks,
@@ -973,7 +994,8 @@ async def place_orders(
     depend on the order done once (the lock, reading the book, locking the accounts, the
     flush, the NOTIFY). A refusal of any of them raises: the caller rolls the transaction back
     (``app.market.group`` then places that group's orders one at a time). ``locked``: the
-    product as ``lock_product`` returned it in this transaction (the lock is held already)."""
+    product as ``lock_product`` returned it in this transaction (the lock is held already);
+    ``batch_locked``: with its batch (``lock_product(with_batch=True)``)."""
     orders = OrderRepository(session)
     # Read before the lock (it needs no book; the unique constraint backstops a race, below)
     # and refused at its usual place, after the band and call checks.
@@ -1120,17 +1142,27 @@ async def place_orders(
         and (incoming[0].body.side == Side.BUY or product.batch_id is not None)
     ):
         keys = set()
-    accounts = await lock_settlement(
-        session,
-        {b for bs in sell_batches.values() for b in bs},
-        keys,
-        fee_account=any_fills and bool(product.maker_fee_bps or product.taker_fee_bps),
-    )
+    fee_account = any_fills and bool(product.maker_fee_bps or product.taker_fee_bps)
+    # A group on one batch sends its writes in one call at the end (module docstring). If its
+    # batch is locked already and every account it touches was seen before, that call locks
+    # the accounts too (by the ids seen: one round trip fewer under the product lock).
+    defer = len(incoming) > 1 and product.batch_id is not None and not collecting
+    seen = _seen_accounts(keys, fee_account) if defer and batch_locked else None
+    if seen is not None:
+        accounts, lock_in_write = seen, sorted(set(seen.values()))
+    else:
+        accounts, lock_in_write = (
+            await lock_settlement(
+                session,
+                {b for bs in sell_batches.values() for b in bs},
+                keys,
+                fee_account=fee_account,
+            ),
+            [],
+        )
 
     # Then each order in turn: its holds (a shortfall raises: the transaction rolls back,
     # nothing is written), its row, its fills and what ends.
-    # A group on one batch sends these writes in one call at the end (module docstring).
-    defer = len(incoming) > 1 and product.batch_id is not None and not collecting
     placed_orders: list[PlacedOrder] = []
     notify: list[dict[str, Any]] = []
     async with deferred_writes.deferring(session) if defer else nullcontext():
@@ -1153,7 +1185,7 @@ async def place_orders(
             notify += [trade_event(t) for t in placed.trades] + i.levels
         traded = any(p.trades for p in placed_orders)
         if defer:  # every write and the NOTIFY in one call: no flush
-            await _send_group(session, product, resting, notify, traded)
+            await _send_group(session, product, resting, notify, traded, lock_in_write)
             return placed_orders
     if traded:
         _defer_product_write(product)
@@ -1188,6 +1220,13 @@ _GROUP_SQL = (
     + ", ".join(f"${i}" for i in range(1, 33))
     + ")"
 )
+# The same, the accounts named by $1 locked first (migration 0020).
+_LOCK_AND_GROUP_SQL = (
+    "SELECT order_id, order_sequence FROM market_lock_accounts_and_apply_group("
+    + ", ".join(f"${i}" for i in range(1, 34))
+    + ")"
+)
+ACCOUNTS_GONE_SQLSTATE = "TN016"
 
 
 def _add_rows(
@@ -1218,35 +1257,43 @@ async def _send_group(
     resting: Sequence[MarketOrder],
     events: list[dict[str, Any]],
     traded: bool,
+    lock_accounts: list[uuid.UUID],
 ) -> None:
     """A deferring group's end: its ledger and block writes, its rows, the resting orders'
     fills, the product's last price and the NOTIFY of ``events``, in one call of
     ``market_apply_group`` (migration 0017) instead of a flush and a NOTIFY statement. The new
     orders get their ``sequence`` from it; the resting orders and the product are marked as
-    written (the session has nothing left to flush)."""
+    written (the session has nothing left to flush). ``lock_accounts``: the accounts the
+    call locks first, by id (0020), when ``lock_settlement`` did not; if one of them does not
+    exist, nothing is written, the ids seen are forgotten and ``DatabaseRefusal`` (TN016)
+    raises."""
     writes = deferred_writes.deferred(session)
     assert writes is not None
     rows = writes.caches.pop(_GROUP_ROWS, [])
     orders = [r for r in rows if isinstance(r, MarketOrder)]
     filled = [o for o in resting if inspect(o).modified]
-    found = await fetch_rows(
-        session,
-        _GROUP_SQL,
-        [
-            *deferred_writes.take_arguments(session),
-            _json_rows(orders, _ORDER_COLUMNS),
-            _json_rows(
-                (r for r in rows if isinstance(r, MarketOrderCreditHold)), _CREDIT_HOLD_COLUMNS
-            ),
-            _json_rows((r for r in rows if isinstance(r, MarketTrade)), _TRADE_COLUMNS),
-            _json_rows(filled, _FILL_COLUMNS),
-            product.id,
-            product.last_trade_price if traded else None,
-            product.updated_at,
-            channel(product.id),
-            [json.dumps(e) for e in events],
-        ],
-    )
+    arguments = [
+        *deferred_writes.take_arguments(session),
+        _json_rows(orders, _ORDER_COLUMNS),
+        _json_rows((r for r in rows if isinstance(r, MarketOrderCreditHold)), _CREDIT_HOLD_COLUMNS),
+        _json_rows((r for r in rows if isinstance(r, MarketTrade)), _TRADE_COLUMNS),
+        _json_rows(filled, _FILL_COLUMNS),
+        product.id,
+        product.last_trade_price if traded else None,
+        product.updated_at,
+        channel(product.id),
+        [json.dumps(e) for e in events],
+    ]
+    try:
+        found = await (
+            fetch_rows(session, _LOCK_AND_GROUP_SQL, [lock_accounts, *arguments])
+            if lock_accounts
+            else fetch_rows(session, _GROUP_SQL, arguments)
+        )
+    except DatabaseRefusal as exc:
+        if exc.sqlstate == ACCOUNTS_GONE_SQLSTATE:
+            forget_accounts()
+        raise
     sequences = dict(found)
     for order in orders:
         order.sequence = sequences[order.id]

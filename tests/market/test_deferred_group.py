@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.db.driver import DatabaseRefusal
 from app.db.session import create_sessionmaker
 from app.db.url import libpq_url
+from app.ledger import service as ledger_service
+from app.ledger.models import AccountKind
 from app.market import service as market_service
 from app.market.matching import OrderType, Side, TimeInForce
 from app.market.schemas import OrderCreate
@@ -26,6 +28,8 @@ from tests.market.helpers import Market, assert_market_clean, cash, credits, mar
 
 # (buyer or seller, its index, side, price, quantity, extra fields): crossing both ways, partial
 # fills, a sell spanning two resting buys, an IOC remainder cancelled, a market buy.
+CASH = ledger_service.CASH
+
 SCENARIO: list[tuple[str, int, str, int | None, int, dict[str, Any]]] = [
     ("buyer", 0, "buy", 990, 3, {}),
     ("seller", 0, "sell", 1_000, 4, {}),
@@ -136,8 +140,43 @@ async def _outcome(
     }
 
 
+async def _place_group(
+    s: AsyncSession,
+    product_id: uuid.UUID,
+    items: list[tuple[uuid.UUID, OrderCreate]],
+    *,
+    group_locks: bool,
+) -> list[market_service.PlacedOrder]:
+    """``place_orders`` as ``app.market.group`` calls it (``group_locks``: the batch locked
+    with the product, and the accounts it has seen locked by its write call), or alone."""
+    if not group_locks:
+        return await market_service.place_orders(s, product_id, items)
+    product = await market_service.lock_product(s, product_id, with_batch=True)
+    return await market_service.place_orders(
+        s, product_id, items, locked=product, batch_locked=True
+    )
+
+
+def _count_lock_settlement(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every call of ``lock_settlement`` (the long way to the accounts' ids and locks)."""
+    calls: list[object] = []
+    real = market_service.lock_settlement
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(market_service, "lock_settlement", counted)
+    return calls
+
+
+@pytest.mark.parametrize("group_locks", [False, True], ids=["own-locks", "group-locks"])
 async def test_a_deferred_group_writes_what_one_by_one_writes(
-    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    group_locks: bool,
 ) -> None:
     sessions = create_sessionmaker(engine)
     fees = {"maker_fee_bps": 10, "taker_fee_bps": 30}
@@ -156,15 +195,21 @@ async def test_a_deferred_group_writes_what_one_by_one_writes(
             heard[key].append(event)
 
         await listener.add_listener(market_service.channel(uuid.UUID(m.product["id"])), hear)
-    # Twice: in the second round the buyers already hold blocks from the first, which the
-    # deliveries must merge with (read as the blocks touching the sellers', not every block).
+    # Three rounds: in the second and third the buyers already hold blocks from the first,
+    # which the deliveries must merge with (read as the blocks touching the sellers', not
+    # every block); by the third every account the group touches has been seen, so with the
+    # group's locks its write call locks them by id (0020).
     placed_grouped = []
     placed_alone = []
-    for _ in range(2):
+    long_way = _count_lock_settlement(monkeypatch)
+    rounds_the_long_way = []
+    for _ in range(3):
         async with sessions() as s:  # one group: the writes deferred and sent at once
-            placed_grouped += await market_service.place_orders(
-                s, uuid.UUID(grouped.product["id"]), _items(grouped)
+            before = len(long_way)
+            placed_grouped += await _place_group(
+                s, uuid.UUID(grouped.product["id"]), _items(grouped), group_locks=group_locks
             )
+            rounds_the_long_way.append(len(long_way) > before)
             await s.commit()
         for item in _items(alone):  # one order per transaction: the writes as they go
             async with sessions() as s:
@@ -173,6 +218,7 @@ async def test_a_deferred_group_writes_what_one_by_one_writes(
                 )
                 await s.commit()
 
+    assert rounds_the_long_way[-1] is not group_locks
     assert await _outcome(client, session, grouped, placed_grouped) == await _outcome(
         client, session, alone, placed_alone
     )
@@ -265,4 +311,51 @@ async def test_a_shortfall_inside_a_group_is_refused_and_leaves_nothing(
     stored = (await session.execute(text("SELECT count(*) FROM market_orders"))).scalar_one()
     await session.rollback()
     assert stored == 0
+    await assert_market_clean(session)
+
+
+async def test_a_group_naming_an_account_that_is_gone_writes_nothing_and_forgets_the_ids(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The group's write call locks the accounts by the ids the process has seen (0020). One
+    that does not exist (remembered from a transaction that rolled back) refuses the call
+    (TN016) before anything is written; the ids are forgotten, and the same group placed
+    again takes the long way and succeeds."""
+    m = await market(client, sellers=3, buyers=3)
+    product_id = uuid.UUID(m.product["id"])
+    sessions = create_sessionmaker(engine)
+    for _ in range(2):  # the accounts made by the first are seen by the second
+        async with sessions() as s:
+            await _place_group(s, product_id, _items(m), group_locks=True)
+            await s.commit()
+    seen = market_service._SEEN_ACCOUNTS
+    long_way = _count_lock_settlement(monkeypatch)
+    buyer_cash = (uuid.UUID(m.buyers[0].id), CASH, AccountKind.available)
+    assert buyer_cash in seen
+    seen[buyer_cash] = uuid.uuid4()  # as if it had been created by a rolled-back transaction
+    count = text(
+        "SELECT (SELECT count(*) FROM market_orders), (SELECT count(*) FROM ledger_entries)"
+    )
+    before = (await session.execute(count)).one()
+    await session.rollback()
+    async with sessions() as s:
+        with pytest.raises(DatabaseRefusal) as refused:
+            await _place_group(s, product_id, _items(m), group_locks=True)
+        await s.rollback()
+    assert refused.value.sqlstate == market_service.ACCOUNTS_GONE_SQLSTATE
+    assert long_way == []  # the ids seen were used, not looked up
+    assert (await session.execute(count)).one() == before
+    await session.rollback()
+    assert not seen  # forgotten: the next group finds and locks the accounts by key
+    async with sessions() as s:
+        placed = await _place_group(s, product_id, _items(m), group_locks=True)
+        await s.commit()
+    assert len(placed) == len(SCENARIO)
+    assert long_way  # the long way, this time
+    real = await ledger_service.account_id(session, *buyer_cash)
+    await session.rollback()
+    assert seen[buyer_cash] == real
     await assert_market_clean(session)

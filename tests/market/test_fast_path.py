@@ -1,9 +1,10 @@
 """The order path's shortcuts keep their answers exact (``app.market.service``).
 
 ``lock_settlement`` trusts a process-wide hint of which accounts exist to find and lock them
-in one statement; the hint is never a source of ids, so a stale one (an account that is gone,
-as after the suite's TRUNCATE, or was created by a transaction that rolled back) must fall
-back to the long way and still return every account's real id.
+in one statement by key; a stale hint (an account that is gone, as after the suite's
+TRUNCATE, or was created by a transaction that rolled back) must fall back to the long way
+and still return every account's real id. (A group's write call that locks the accounts by
+the ids seen: ``test_deferred_group``.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ async def test_a_stale_hint_falls_back_and_creates_the_account(
 ) -> None:
     org = uuid.UUID((await create_org(client)).id)
     held = (org, CASH, AccountKind.held)
-    market_service._SEEN_ACCOUNTS.add(held)  # no such account yet: the hint is wrong
+    market_service._SEEN_ACCOUNTS[held] = uuid.uuid4()  # no such account yet: the hint is wrong
     locked = await market_service.lock_settlement(session, [], {held})
     await session.commit()
     assert locked == {held: (await _ids(session, org))[AccountKind.held]}
@@ -57,10 +58,10 @@ async def test_the_hint_path_returns_the_same_ids_as_the_long_way(
     # The long way again, which now finds every account and remembers them.
     again = await market_service.lock_settlement(session, [], keys, fee_account=True)
     await session.commit()
-    assert keys | {(None, CASH, AccountKind.fees)} <= market_service._SEEN_ACCOUNTS
+    assert keys | {(None, CASH, AccountKind.fees)} <= market_service._SEEN_ACCOUNTS.keys()
     second = await market_service.lock_settlement(session, [], keys, fee_account=True)
     await session.commit()
-    assert keys <= market_service._SEEN_ACCOUNTS  # the one-statement path served it
+    assert keys <= market_service._SEEN_ACCOUNTS.keys()  # the one-statement path served it
     ids = await _ids(session, org)
     assert first == again == second
     assert {k: v for k, v in second.items() if k[0] == org} == {
