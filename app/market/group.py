@@ -125,8 +125,9 @@ async def _place_next(
     group: list[_Waiting] = []
     try:
         async with sessionmaker() as session:
-            # With its batch: a batch product's group settles on it (``place_orders``).
-            product = await market_service.lock_product(session, product_id, with_batch=True)
+            # With its batch (a batch product's group settles on it) and the book as of the
+            # lock, in one round trip.
+            product, book = await market_service.lock_product_and_read_book(session, product_id)
             group = _take(queue)
             if not group:
                 return
@@ -136,6 +137,7 @@ async def _place_next(
                 [(w.organization_id, w.body) for w in group],
                 locked=product,
                 batch_locked=True,
+                read_book=book,
             )
             await session.commit()
     except asyncio.CancelledError:  # shutdown: the taken orders' requests end too

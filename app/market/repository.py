@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, Select, Uuid, bindparam, column, or_, select, text
@@ -72,6 +72,23 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
     )
     .execution_options(populate_existing=True)
 )
+# The product lock (with the batch's) and the book in one call (migration 0021): the product
+# and each resting order as whole rows, spelled column by column in the models' order (the
+# columns are matched by position: the tables' own column order differs).
+_LOCK_PRODUCT_AND_BOOK = (
+    select(Product, MarketOrder, *_HOLD_COLUMNS)
+    .from_statement(
+        text(
+            "SELECT "
+            + ", ".join(f"(g.product).{c.name}" for c in Product.__table__.columns)
+            + ", "
+            + ", ".join(f"(g.book_order).{c.name}" for c in MarketOrder.__table__.columns)
+            + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining"
+            " FROM market_lock_product_and_book(:id) AS g"
+        ).columns(*Product.__table__.columns, *MarketOrder.__table__.columns, *_HOLD_COLUMNS)
+    )
+    .execution_options(populate_existing=True)
+)
 _BY_CLIENT_ID = select(MarketOrder).where(
     MarketOrder.organization_id == bindparam("organization_id"),
     MarketOrder.client_order_id == bindparam("client_order_id"),
@@ -115,8 +132,37 @@ class ProductRepository(Repository[Product]):
         ).scalar_one_or_none()
         return product
 
+    async def lock_and_read_book(self, product_id: uuid.UUID) -> tuple[Product | None, Book]:
+        """``lock_and_reload(with_batch=True)`` and ``open_orders_with_credit_holds`` in one
+        round trip (``market_lock_product_and_book``, migration 0021)."""
+        product: Product | None = None
+        rows: list[tuple[MarketOrder, Any, Any, Any, Any]] = []
+        for found, order, *holds in await self.session.execute(
+            _LOCK_PRODUCT_AND_BOOK, {"id": product_id}
+        ):
+            product = found
+            if order is not None:
+                rows.append((order, *holds))
+        return product, _book(rows)
+
     async def list_all(self) -> Sequence[Product]:
         return (await self.session.execute(select(Product).order_by(Product.code))).scalars().all()
+
+
+# The resting orders in time priority, and each sell order's credit holds with something
+# left, as (position, batch, hold, remaining) in delivery order.
+Book = tuple[list[MarketOrder], dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]]]
+
+
+def _book(rows: Iterable[Any]) -> Book:
+    """A ``Book`` from (order, positions, batches, holds, remaining) rows."""
+    orders: list[MarketOrder] = []
+    holds: dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]] = {}
+    for order, positions, batches, hold_ids, remaining in rows:
+        orders.append(order)
+        if positions:
+            holds[order.id] = list(zip(positions, batches, hold_ids, remaining, strict=True))
+    return orders, holds
 
 
 class OrderRepository(Repository[MarketOrder]):
@@ -127,21 +173,13 @@ class OrderRepository(Repository[MarketOrder]):
         result = await self.session.execute(_OPEN_ORDERS, {"product_id": product_id})
         return list(result.scalars().all())
 
-    async def open_orders_with_credit_holds(
-        self, product_id: uuid.UUID
-    ) -> tuple[list[MarketOrder], dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]]]:
+    async def open_orders_with_credit_holds(self, product_id: uuid.UUID) -> Book:
         """``open_orders``, and each resting sell order's credit holds with something left, as
         (position, batch, hold, remaining) in delivery order, in one round trip."""
         result = await self.session.execute(
             _OPEN_ORDERS_WITH_CREDIT_HOLDS, {"product_id": product_id}
         )
-        orders: list[MarketOrder] = []
-        holds: dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]] = {}
-        for order, positions, batches, hold_ids, remaining in result:
-            orders.append(order)
-            if positions:
-                holds[order.id] = list(zip(positions, batches, hold_ids, remaining, strict=True))
-        return orders, holds
+        return _book(result)
 
     async def own(
         self, organization_id: uuid.UUID, order_id: uuid.UUID, *, for_update: bool = False

@@ -151,7 +151,7 @@ from app.market.models import (
     Product,
     TradingMode,
 )
-from app.market.repository import OrderRepository, ProductRepository, TradeRepository
+from app.market.repository import Book, OrderRepository, ProductRepository, TradeRepository
 from app.market.schemas import OrderCreate, ProductCreate
 from app.offsets import service as offsets_service
 from app.offsets.errors import InsufficientCredits
@@ -972,12 +972,29 @@ async def lock_product(
     product as of the lock. ``with_batch``: and then its batch's, if it has one (a group of
     orders, which settles on it: ``place_orders(batch_locked=True)``)."""
     product = await ProductRepository(session).lock_and_reload(product_id, with_batch=with_batch)
-    if product is None:  # an id from ``product_id_and_mode`` that is no more (tests only)
-        for code, (cached, _) in list(_PRODUCT_IDS.items()):
-            if cached == product_id:
-                del _PRODUCT_IDS[code]
+    if product is None:
+        _forget_product_id(product_id)
         raise ProductNotFound("No such product.", product=str(product_id))
     return product
+
+
+def _forget_product_id(product_id: uuid.UUID) -> None:
+    """An id from ``product_id_and_mode`` that is no more (tests only)."""
+    for code, (cached, _) in list(_PRODUCT_IDS.items()):
+        if cached == product_id:
+            del _PRODUCT_IDS[code]
+
+
+async def lock_product_and_read_book(
+    session: AsyncSession, product_id: uuid.UUID
+) -> tuple[Product, Book]:
+    """``lock_product(with_batch=True)``, and the book as of the lock (the resting orders
+    and the sell orders' credit holds, as ``place_orders`` reads them), in one round trip."""
+    product, book = await ProductRepository(session).lock_and_read_book(product_id)
+    if product is None:
+        _forget_product_id(product_id)
+        raise ProductNotFound("No such product.", product=str(product_id))
+    return product, book
 
 
 async def place_orders(
@@ -987,6 +1004,7 @@ async def place_orders(
     *,
     locked: Product | None = None,
     batch_locked: bool = False,
+    read_book: Book | None = None,
 ) -> list[PlacedOrder]:
     """Place orders on one product, in the given order, under one acquisition of its lock, in
     the caller's transaction: what placing them one after the other would do (the same checks,
@@ -995,7 +1013,8 @@ async def place_orders(
     flush, the NOTIFY). A refusal of any of them raises: the caller rolls the transaction back
     (``app.market.group`` then places that group's orders one at a time). ``locked``: the
     product as ``lock_product`` returned it in this transaction (the lock is held already);
-    ``batch_locked``: with its batch (``lock_product(with_batch=True)``)."""
+    ``batch_locked``: with its batch (``lock_product(with_batch=True)``); ``read_book``: the
+    book read with the lock (``lock_product_and_read_book``)."""
     orders = OrderRepository(session)
     # Read before the lock (it needs no book; the unique constraint backstops a race, below)
     # and refused at its usual place, after the band and call checks.
@@ -1025,7 +1044,7 @@ async def place_orders(
     # The resting sell orders' credit holds come with the book (one round trip): the fills
     # below name the makers whose holds the settlement takes from.
     now = utc_now()
-    resting, book_holds = await orders.open_orders_with_credit_holds(product.id)
+    resting, book_holds = read_book or await orders.open_orders_with_credit_holds(product.id)
     if any(_is_due(o, now) for o in resting):
         await expire_product_orders(session, product.id, now, locked=True)
         resting, book_holds = await orders.open_orders_with_credit_holds(product.id)

@@ -8,11 +8,11 @@ from itertools import count
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.market import service as market_service
-from app.market.repository import OrderRepository
+from app.market.repository import OrderRepository, ProductRepository
 from tests.factories import ADMIN, Org, create_org, deposit
 from tests.offsets.helpers import assert_books_clean, new_batch, transfer
 
@@ -230,17 +230,36 @@ async def assert_market_clean(session: AsyncSession) -> None:
     assert broken == {}
 
 
+def _columns(row: object) -> dict[str, Any]:
+    return {a.key: getattr(row, a.key) for a in inspect(type(row)).column_attrs}
+
+
 async def assert_book_reads_agree(session: AsyncSession) -> None:
-    """The order path's book read (the resting orders with their sells' credit holds, one
-    statement) finds what the two separate reads find, for every product."""
+    """The order path's book reads (the resting orders with their sells' credit holds, one
+    statement; and the same with the product, in the group's lock call) find what the
+    separate reads find, for every product, column for column."""
     products = (await session.execute(text("SELECT id FROM market_products"))).scalars().all()
     repository = OrderRepository(session)
     for product_id in products:
+        # Taken apart at once: the reads below refresh the same objects (identity map).
+        locked, (in_lock, in_lock_holds) = await ProductRepository(session).lock_and_read_book(
+            product_id
+        )
+        assert locked is not None
+        with_lock = (_columns(locked), [_columns(o) for o in in_lock], in_lock_holds)
+        await session.rollback()  # the locks
+        session.expunge_all()
         resting, holds = await repository.open_orders_with_credit_holds(product_id)
-        assert [o.id for o in resting] == [o.id for o in await repository.open_orders(product_id)]
+        assert [_columns(o) for o in resting] == [
+            _columns(o) for o in await repository.open_orders(product_id)
+        ]
         sells = [o.id for o in resting if o.side == "sell"]
         expected = await market_service.credit_holds(session, sells)
         assert {
             order_id: [(h.position, h.batch_id, h.hold_id, h.remaining) for h in found]
             for order_id, found in expected.items()
         } == holds
+        product = await ProductRepository(session).get(product_id)
+        assert product is not None
+        assert with_lock == (_columns(product), [_columns(o) for o in resting], holds)
+        await session.rollback()
