@@ -8,7 +8,7 @@ steps back, the last millisecond is kept (and counted on) until the clock passes
 
 The ids are unique and hard to guess across processes and milliseconds, but they are not
 secrets: nothing is reached by knowing an id (every query is scoped to its caller's
-organisation; public codes come from ``public_code``). One id costs about 1 µs: the group
+organisation; public codes come from ``public_code``). One id costs about 2 µs: the group
 that places orders under a product's lock makes dozens per order (``app.market.group``).
 """
 
