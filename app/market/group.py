@@ -43,6 +43,7 @@ import structlog
 
 from app.db.session import SessionMaker, session_scope
 from app.market import service as market_service
+from app.market.matching import Side
 from app.market.models import TradingMode
 from app.market.schemas import OrderCreate
 
@@ -125,9 +126,14 @@ async def _place_next(
     group: list[_Waiting] = []
     try:
         async with sessionmaker() as session:
-            # With its batch (a batch product's group settles on it) and the book as of the
-            # lock, in one round trip.
-            product, book = await market_service.lock_product_and_read_book(session, product_id)
+            # With its batch (a batch product's group settles on it), the book as of the lock
+            # and the live blocks of its sellers as far as they are known (the book's, and
+            # the queued sell orders'), in one round trip.
+            product, book, blocks = await market_service.lock_product_and_read_book(
+                session,
+                product_id,
+                sorted({w.organization_id for w in queue if w.body.side == Side.SELL}),
+            )
             group = _take(queue)
             if not group:
                 return
@@ -138,6 +144,7 @@ async def _place_next(
                 locked=product,
                 batch_locked=True,
                 read_book=book,
+                read_blocks=blocks,
             )
             await session.commit()
     except asyncio.CancelledError:  # shutdown: the taken orders' requests end too

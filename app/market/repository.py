@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Integer, Select, Uuid, bindparam, column, or_, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.elements import ColumnClause
 
 from app.core.pagination import Page, PageParams
 from app.core.repository import Repository
@@ -72,20 +73,32 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
     )
     .execution_options(populate_existing=True)
 )
-# The product lock (with the batch's) and the book in one call (migration 0021): the product
-# and each resting order as whole rows, spelled column by column in the models' order (the
-# columns are matched by position: the tables' own column order differs).
+# The product lock (with the batch's), the book and the sellers' live blocks in one call
+# (migrations 0021, 0022): the product and each resting order as whole rows, spelled column by
+# column in the models' order (the columns are matched by position: the tables' own column
+# order differs); on the first row, the ``offset_live_copy`` rows (as the driver decodes
+# them) of the sellers it read whole.
+_BLOCK_COLUMNS: tuple[ColumnClause[Any], ...] = (
+    column("blocks"),
+    column("blocks_of", ARRAY(Uuid())),
+)
 _LOCK_PRODUCT_AND_BOOK = (
-    select(Product, MarketOrder, *_HOLD_COLUMNS)
+    select(Product, MarketOrder, *_HOLD_COLUMNS, *_BLOCK_COLUMNS)
     .from_statement(
         text(
             "SELECT "
             + ", ".join(f"(g.product).{c.name}" for c in Product.__table__.columns)
             + ", "
             + ", ".join(f"(g.book_order).{c.name}" for c in MarketOrder.__table__.columns)
-            + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining"
-            " FROM market_lock_product_and_book(:id) AS g"
-        ).columns(*Product.__table__.columns, *MarketOrder.__table__.columns, *_HOLD_COLUMNS)
+            + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining,"
+            " g.blocks, g.blocks_of"
+            " FROM market_lock_product_and_book(:id, CAST(:holders AS uuid[])) AS g"
+        ).columns(
+            *Product.__table__.columns,
+            *MarketOrder.__table__.columns,
+            *_HOLD_COLUMNS,
+            *_BLOCK_COLUMNS,
+        )
     )
     .execution_options(populate_existing=True)
 )
@@ -132,18 +145,24 @@ class ProductRepository(Repository[Product]):
         ).scalar_one_or_none()
         return product
 
-    async def lock_and_read_book(self, product_id: uuid.UUID) -> tuple[Product | None, Book]:
+    async def lock_and_read_book(
+        self, product_id: uuid.UUID, sellers: Sequence[uuid.UUID]
+    ) -> tuple[Product | None, Book, LiveBlocks | None]:
         """``lock_and_reload(with_batch=True)`` and ``open_orders_with_credit_holds`` in one
-        round trip (``market_lock_product_and_book``, migration 0021)."""
+        round trip (``market_lock_product_and_book``, migrations 0021 and 0022), with the
+        live blocks of the book's sellers and of ``sellers``, if it read them."""
         product: Product | None = None
         rows: list[tuple[MarketOrder, Any, Any, Any, Any]] = []
-        for found, order, *holds in await self.session.execute(
-            _LOCK_PRODUCT_AND_BOOK, {"id": product_id}
+        blocks: LiveBlocks | None = None
+        for found, order, *holds, copy, of in await self.session.execute(
+            _LOCK_PRODUCT_AND_BOOK, {"id": product_id, "holders": list(sellers)}
         ):
             product = found
             if order is not None:
                 rows.append((order, *holds))
-        return product, _book(rows)
+            if of is not None:
+                blocks = (of, copy or [])
+        return product, _book(rows), blocks
 
     async def list_all(self) -> Sequence[Product]:
         return (await self.session.execute(select(Product).order_by(Product.code))).scalars().all()
@@ -152,6 +171,10 @@ class ProductRepository(Repository[Product]):
 # The resting orders in time priority, and each sell order's credit holds with something
 # left, as (position, batch, hold, remaining) in delivery order.
 Book = tuple[list[MarketOrder], dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]]]
+
+
+# The sellers whose live blocks a call read whole, and the ``offset_live_copy`` rows it read.
+LiveBlocks = tuple[list[uuid.UUID], list[Any]]
 
 
 def _book(rows: Iterable[Any]) -> Book:

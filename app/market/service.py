@@ -151,7 +151,13 @@ from app.market.models import (
     Product,
     TradingMode,
 )
-from app.market.repository import Book, OrderRepository, ProductRepository, TradeRepository
+from app.market.repository import (
+    Book,
+    LiveBlocks,
+    OrderRepository,
+    ProductRepository,
+    TradeRepository,
+)
 from app.market.schemas import OrderCreate, ProductCreate
 from app.offsets import service as offsets_service
 from app.offsets.errors import InsufficientCredits
@@ -986,15 +992,17 @@ def _forget_product_id(product_id: uuid.UUID) -> None:
 
 
 async def lock_product_and_read_book(
-    session: AsyncSession, product_id: uuid.UUID
-) -> tuple[Product, Book]:
+    session: AsyncSession, product_id: uuid.UUID, sellers: Sequence[uuid.UUID] = ()
+) -> tuple[Product, Book, LiveBlocks | None]:
     """``lock_product(with_batch=True)``, and the book as of the lock (the resting orders
-    and the sell orders' credit holds, as ``place_orders`` reads them), in one round trip."""
-    product, book = await ProductRepository(session).lock_and_read_book(product_id)
+    and the sell orders' credit holds, as ``place_orders`` reads them), in one round trip;
+    on a batch product, with the live blocks of the book's sellers and of ``sellers`` (the
+    queued sell orders' organisations), unless there are too many of them."""
+    product, book, blocks = await ProductRepository(session).lock_and_read_book(product_id, sellers)
     if product is None:
         _forget_product_id(product_id)
         raise ProductNotFound("No such product.", product=str(product_id))
-    return product, book
+    return product, book, blocks
 
 
 async def place_orders(
@@ -1005,6 +1013,7 @@ async def place_orders(
     locked: Product | None = None,
     batch_locked: bool = False,
     read_book: Book | None = None,
+    read_blocks: LiveBlocks | None = None,
 ) -> list[PlacedOrder]:
     """Place orders on one product, in the given order, under one acquisition of its lock, in
     the caller's transaction: what placing them one after the other would do (the same checks,
@@ -1013,8 +1022,9 @@ async def place_orders(
     flush, the NOTIFY). A refusal of any of them raises: the caller rolls the transaction back
     (``app.market.group`` then places that group's orders one at a time). ``locked``: the
     product as ``lock_product`` returned it in this transaction (the lock is held already);
-    ``batch_locked``: with its batch (``lock_product(with_batch=True)``); ``read_book``: the
-    book read with the lock (``lock_product_and_read_book``)."""
+    ``batch_locked``: with its batch (``lock_product(with_batch=True)``); ``read_book`` and
+    ``read_blocks``: the book and live blocks read with the lock
+    (``lock_product_and_read_book``)."""
     orders = OrderRepository(session)
     # Read before the lock (it needs no book; the unique constraint backstops a race, below)
     # and refused at its usual place, after the band and call checks.
@@ -1195,6 +1205,8 @@ async def place_orders(
                 for fill in i.fills
                 if known[_maker(fill)][1] == Side.SELL
             }
+            if read_blocks is not None:  # read with the lock: only those it did not read
+                offsets_service.add_live_blocks(session, product.batch_id, *read_blocks)
             await offsets_service.read_live_blocks(session, product.batch_id, sorted(sellers))
         for i in incoming:
             placed = await _hold_and_settle(

@@ -130,19 +130,9 @@ _DELIVERY_BLOCKS_SQL = text(
 # For the copy kept while deferring (through the driver: ``$n`` placeholders; a group reads
 # many blocks at once, where SQLAlchemy's row processing costs more than the query): the
 # blocks of the holders given and of the hold's holder, whole (``own``), and every block
-# touching one of them, whoever holds it.
-_COPY_SQL = (
-    (
-        f"WITH m AS MATERIALIZED ({_OF_HOLDERS})"
-        f" SELECT {_COLUMNS}, true AS own FROM m UNION ALL"
-        f" SELECT DISTINCT {_COLUMNS_OF_O}, false"
-        f" FROM m{_TOUCHING} WHERE o.holder_organization_id <> ALL(ARRAY(SELECT DISTINCT"
-        " holder_organization_id FROM m))"
-    )
-    .replace(":batch", "$1")
-    .replace("CAST(:holders AS uuid[])", "$2::uuid[]")
-    .replace(":hold", "$3::uuid")
-)
+# touching one of them, whoever holds it (``offset_live_copy``, migration 0022, where the
+# order group's lock call reads it too).
+_COPY_SQL = "SELECT * FROM offset_live_copy($1, $2::uuid[], $3::uuid)"
 
 
 async def live_blocks(
@@ -234,7 +224,16 @@ class _LiveCopy:
         if not missing and hold_id is None:
             return
         rows = await fetch_rows(session, _COPY_SQL, [batch_id, missing, hold_id])
-        whole.update(missing)
+        self.add_read(batch_id, missing, rows)
+
+    def add_read(
+        self, batch_id: uuid.UUID, holders: Iterable[uuid.UUID], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        """Rows of ``offset_live_copy`` for these holders (read whole), read under the batch
+        lock that is still held."""
+        self.blocks.setdefault(batch_id, {})
+        whole = self.whole.setdefault(batch_id, set())
+        whole.update(holders)
         for row in rows:
             block = _block(row)
             if row[9]:
@@ -299,6 +298,18 @@ async def read_live_blocks(
     once)."""
     if (writes := deferred_writes.deferred(session)) is not None:
         await _live_copy(writes).load(session, batch_id, list(holders))
+
+
+def add_live_blocks(
+    session: AsyncSession,
+    batch_id: uuid.UUID,
+    holders: Iterable[uuid.UUID],
+    rows: Iterable[Sequence[Any]],
+) -> None:
+    """While deferring, take into the copy the holders' live blocks (and those touching them)
+    as another call read them, under the batch lock held since (``offset_live_copy`` rows)."""
+    if (writes := deferred_writes.deferred(session)) is not None:
+        _live_copy(writes).add_read(batch_id, holders, rows)
 
 
 # Persisting a change is one call of ``offset_apply_change`` (migration 0013): close the old

@@ -432,6 +432,17 @@ async def read_live_blocks(
     await repo.read_live_blocks(session, batch_id, holders)
 
 
+def add_live_blocks(
+    session: AsyncSession,
+    batch_id: uuid.UUID,
+    holders: Sequence[uuid.UUID],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """``read_live_blocks``, with the rows another call read under the batch lock held since
+    (the order group's lock call, migration 0022)."""
+    repo.add_live_blocks(session, batch_id, holders, rows)
+
+
 async def hold_credits_locked(
     session: AsyncSession,
     organization_id: uuid.UUID,

@@ -242,11 +242,22 @@ async def assert_book_reads_agree(session: AsyncSession) -> None:
     repository = OrderRepository(session)
     for product_id in products:
         # Taken apart at once: the reads below refresh the same objects (identity map).
-        locked, (in_lock, in_lock_holds) = await ProductRepository(session).lock_and_read_book(
-            product_id
-        )
+        locked, (in_lock, in_lock_holds), blocks = await ProductRepository(
+            session
+        ).lock_and_read_book(product_id, [])
         assert locked is not None
         with_lock = (_columns(locked), [_columns(o) for o in in_lock], in_lock_holds)
+        if blocks is not None:  # every live block of the sellers it read whole, as theirs
+            sellers, rows = blocks
+            live = await session.execute(
+                text(
+                    "SELECT id FROM offset_blocks WHERE batch_id = :b AND closed_at IS NULL"
+                    " AND holder_organization_id = ANY(CAST(:h AS uuid[]))"
+                ),
+                {"b": locked.batch_id, "h": sellers},
+            )
+            assert {r[0] for r in rows if r[9]} == set(live.scalars())
+            assert {o.organization_id for o in in_lock if o.side == "sell"} <= set(sellers)
         await session.rollback()  # the locks
         session.expunge_all()
         resting, holds = await repository.open_orders_with_credit_holds(product_id)

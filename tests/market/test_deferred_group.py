@@ -148,12 +148,25 @@ async def _place_group(
     group_locks: bool,
 ) -> list[market_service.PlacedOrder]:
     """``place_orders`` as ``app.market.group`` calls it (``group_locks``: the batch locked
-    with the product, and the accounts it has seen locked by its write call), or alone."""
+    and the book and some sellers' live blocks read with the product lock, and the accounts
+    it has seen locked by its write call), or alone."""
     if not group_locks:
         return await market_service.place_orders(s, product_id, items)
-    product = await market_service.lock_product(s, product_id, with_batch=True)
+    sellers = sorted({org for org, body in items if body.side == Side.SELL})
+    product, book, blocks = await market_service.lock_product_and_read_book(
+        s,
+        product_id,
+        sellers[: len(sellers) // 2],  # the others: read after matching
+    )
+    assert blocks is not None  # a batch product with few sellers: read with the lock
     return await market_service.place_orders(
-        s, product_id, items, locked=product, batch_locked=True
+        s,
+        product_id,
+        items,
+        locked=product,
+        batch_locked=True,
+        read_book=book,
+        read_blocks=blocks,
     )
 
 
