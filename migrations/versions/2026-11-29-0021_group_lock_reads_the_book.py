@@ -26,18 +26,9 @@ down_revision: str | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UP = """
-    CREATE FUNCTION market_lock_product_and_book(p_id uuid)
-    RETURNS TABLE (
-        product market_products, book_order market_orders, hold_positions smallint[],
-        hold_batches uuid[], hold_ids uuid[], hold_remaining bigint[]
-    )
-    LANGUAGE plpgsql
-    AS $$
-    BEGIN
-        PERFORM market_lock_product_and_batch(p_id);
-        RETURN QUERY
-        SELECT p, o, h.hold_positions, h.hold_batches, h.hold_ids, h.hold_remaining
+# The book: the product, each resting order in time priority (a NULL order when there is
+# none), and each sell order's active credit holds with something left (also read by 0022).
+BOOK = """
           FROM market_products p
           LEFT JOIN market_orders o
                  ON o.product_id = p.id
@@ -52,7 +43,20 @@ UP = """
                    AND l.status = 'active' AND l.remaining > 0
           ) h ON true
          WHERE p.id = p_id
-         ORDER BY o.sequence;
+         ORDER BY o.sequence"""
+
+UP = f"""
+    CREATE FUNCTION market_lock_product_and_book(p_id uuid)
+    RETURNS TABLE (
+        product market_products, book_order market_orders, hold_positions smallint[],
+        hold_batches uuid[], hold_ids uuid[], hold_remaining bigint[]
+    )
+    LANGUAGE plpgsql
+    AS $$
+    BEGIN
+        PERFORM market_lock_product_and_batch(p_id);
+        RETURN QUERY
+        SELECT p, o, h.hold_positions, h.hold_batches, h.hold_ids, h.hold_remaining{BOOK};
     END
     $$
 """

@@ -32,6 +32,7 @@ Create Date: 2026-11-29 07:00:00.000000+00:00
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from alembic import op
 
@@ -46,6 +47,20 @@ _COLUMNS = (
     "id, batch_id, holder_organization_id, serial_start, serial_end, state, parent_ids,"
     " hold_id, retirement_id"
 )
+
+
+def _load_0021() -> ModuleType:
+    """0021's module: its book query (one copy) and its function (the downgrade's)."""
+    path = Path(__file__).with_name("2026-11-29-0021_group_lock_reads_the_book.py")
+    spec = importlib.util.spec_from_file_location("tanso_migration_0021", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_0021 = _load_0021()
 
 UP = [
     """
@@ -123,36 +138,11 @@ UP = [
         RETURN QUERY
         SELECT p, o, h.hold_positions, h.hold_batches, h.hold_ids, h.hold_remaining,
                CASE WHEN row_number() OVER (ORDER BY o.sequence) = 1 THEN v_blocks END,
-               CASE WHEN row_number() OVER (ORDER BY o.sequence) = 1 THEN v_sellers END
-          FROM market_products p
-          LEFT JOIN market_orders o
-                 ON o.product_id = p.id
-                AND (o.status = 'open' OR o.status = 'partially_filled')
-          LEFT JOIN LATERAL (
-                SELECT array_agg(c.position ORDER BY c.position) AS hold_positions,
-                       array_agg(c.batch_id ORDER BY c.position) AS hold_batches,
-                       array_agg(c.hold_id ORDER BY c.position) AS hold_ids,
-                       array_agg(l.remaining ORDER BY c.position) AS hold_remaining
-                  FROM market_order_credit_holds c JOIN ledger_holds l ON l.id = c.hold_id
-                 WHERE c.order_id = o.id AND o.side = 'sell'
-                   AND l.status = 'active' AND l.remaining > 0
-          ) h ON true
-         WHERE p.id = p_id
-         ORDER BY o.sequence;
+               CASE WHEN row_number() OVER (ORDER BY o.sequence) = 1 THEN v_sellers END{_0021.BOOK};
     END
     $$
     """,
 ]
-
-
-def _create_0021() -> str:
-    path = Path(__file__).with_name("2026-11-29-0021_group_lock_reads_the_book.py")
-    spec = importlib.util.spec_from_file_location("tanso_migration_0021", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.UP)
 
 
 DOWN = [
@@ -172,4 +162,4 @@ def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     for statement in DOWN:
         op.execute(statement)
-    op.execute(_create_0021())
+    op.execute(_0021.UP)
