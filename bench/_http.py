@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def served(database_url: str, *, workers: int = 2) -> Iterator[Served]:
             process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 class Connection:
