@@ -1058,6 +1058,7 @@ async def place_orders(
     if any(_is_due(o, now) for o in resting):
         await expire_product_orders(session, product.id, now, locked=True)
         resting, book_holds = await orders.open_orders_with_credit_holds(product.id)
+        read_blocks = None  # the releases changed them: read after matching instead
     if collecting:
         resting, book_holds = [], {}
     by_id: dict[uuid.UUID, MarketOrder] = {o.id: o for o in resting}

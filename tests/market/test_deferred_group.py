@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.core.time import utc_now
 from app.db.driver import DatabaseRefusal
 from app.db.session import create_sessionmaker
 from app.db.url import libpq_url
@@ -371,4 +373,47 @@ async def test_a_group_naming_an_account_that_is_gone_writes_nothing_and_forgets
     real = await ledger_service.account_id(session, *buyer_cash)
     await session.rollback()
     assert seen[buyer_cash] == real
+    await assert_market_clean(session)
+
+
+async def test_a_group_that_expires_a_due_order_first_reads_the_blocks_again(
+    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    """The lock call reads the book's sellers' live blocks; a due GTD order in that book is
+    expired first, which releases its seller's held blocks, so those rows are stale and the
+    group reads the blocks again after matching (else its writes would close blocks that are
+    closed already, and be refused)."""
+    m = await market(client, sellers=2, buyers=1)
+    product_id = uuid.UUID(m.product["id"])
+    seller, buyer = uuid.UUID(m.sellers[0].id), uuid.UUID(m.buyers[0].id)
+    sessions = create_sessionmaker(engine)
+
+    def body(side: str, price: int, **extra: Any) -> OrderCreate:
+        return OrderCreate(product=m.code, side=Side(side), price=price, quantity=1, **extra)
+
+    due = utc_now() + timedelta(milliseconds=300)
+    async with sessions() as s:
+        [gtd] = await market_service.place_orders(
+            s, product_id, [(seller, body("sell", 1_010, time_in_force="gtd", expires_at=due))]
+        )
+        await s.commit()
+    await asyncio.sleep(0.4)
+    async with sessions() as s:
+        placed = await _place_group(
+            s,
+            product_id,
+            [
+                (seller, body("sell", 1_000)),
+                (buyer, body("buy", 1_000)),
+                (seller, body("sell", 990)),
+            ],
+            group_locks=True,
+        )
+        await s.commit()
+    assert [len(p.trades) for p in placed] == [0, 1, 0]
+    status = await session.execute(
+        text("SELECT status FROM market_orders WHERE id = :id"), {"id": gtd.order.id}
+    )
+    assert status.scalar_one() == "expired"
+    await session.rollback()
     await assert_market_clean(session)
