@@ -28,7 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 os.environ["TANSO_ADMIN_KEY"] = ADMIN_KEY
 os.environ["TANSO_ENVIRONMENT"] = "test"
-os.environ["TANSO_DATA_DIR"] = tempfile.mkdtemp(prefix="tanso-test-data-")
+_DATA_DIR = tempfile.mkdtemp(prefix="tanso-test-data-")  # removed when the run ends
+os.environ["TANSO_DATA_DIR"] = _DATA_DIR
 os.environ.pop("TANSO_DATABASE__URL", None)
 os.environ.pop("DATABASE_URL", None)
 
@@ -62,6 +63,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _EMBEDDED is not None and _EMBEDDED_DIR is not None:
         _EMBEDDED.stop()
         shutil.rmtree(_EMBEDDED_DIR, ignore_errors=True)
+    shutil.rmtree(_DATA_DIR, ignore_errors=True)  # this process's (each xdist worker has one)
 
 
 def _worker_database_url(worker_id: str) -> str:
