@@ -22,12 +22,6 @@ _LOCK_AND_RELOAD = (
     .from_statement(text("SELECT * FROM market_lock_product(:id)"))
     .execution_options(populate_existing=True)
 )
-# The same, and then the product's batch (migration 0020).
-_LOCK_AND_RELOAD_WITH_BATCH = (
-    select(Product)
-    .from_statement(text("SELECT * FROM market_lock_product_and_batch(:id)"))
-    .execution_options(populate_existing=True)
-)
 # ``status = … OR status = …`` rather than ``IN``: an IN list is an expanding parameter, whose
 # SQL is rendered again on every execution.
 _OPEN_ORDERS = (
@@ -133,23 +127,19 @@ class ProductRepository(Repository[Product]):
             {"k": str(product_id)},
         )
 
-    async def lock_and_reload(
-        self, product_id: uuid.UUID, *, with_batch: bool = False
-    ) -> Product | None:
+    async def lock_and_reload(self, product_id: uuid.UUID) -> Product | None:
         """``lock`` then ``reload`` in one round trip (``market_lock_product``, migration 0013:
-        a PL/pgSQL function whose query, run after the lock, sees the row as it is now).
-        ``with_batch``: the product's batch is locked too, after the product (0020)."""
-        statement = _LOCK_AND_RELOAD_WITH_BATCH if with_batch else _LOCK_AND_RELOAD
+        a PL/pgSQL function whose query, run after the lock, sees the row as it is now)."""
         product: Product | None = (
-            await self.session.execute(statement, {"id": product_id})
+            await self.session.execute(_LOCK_AND_RELOAD, {"id": product_id})
         ).scalar_one_or_none()
         return product
 
     async def lock_and_read_book(
         self, product_id: uuid.UUID, sellers: Sequence[uuid.UUID]
     ) -> tuple[Product | None, Book, LiveBlocks | None]:
-        """``lock_and_reload(with_batch=True)`` and ``open_orders_with_credit_holds`` in one
-        round trip (``market_lock_product_and_book``, migrations 0021 and 0022), with the
+        """``lock_and_reload`` (and the product's batch locked after it, migration 0020) and
+        ``open_orders_with_credit_holds`` in one round trip (``market_lock_product_and_book``, migrations 0021 and 0022), with the
         live blocks of the book's sellers and of ``sellers``, if it read them."""
         product: Product | None = None
         rows: list[tuple[MarketOrder, Any, Any, Any, Any]] = []

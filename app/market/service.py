@@ -658,11 +658,7 @@ async def lock_settlement(
     batches = sorted(set(batch_ids))
     wanted = set(keys)
     fee_key = (None, ledger_service.CASH, FEES)
-    fast = bool(
-        (wanted or fee_account)
-        and wanted <= _SEEN_ACCOUNTS.keys()
-        and (not fee_account or fee_key in _SEEN_ACCOUNTS)
-    )
+    fast = bool(wanted or fee_account) and _seen_accounts(wanted, fee_account) is not None
     if batches and not fast:
         await session.execute(
             text(
@@ -971,13 +967,10 @@ async def place_order(
     return placed
 
 
-async def lock_product(
-    session: AsyncSession, product_id: uuid.UUID, *, with_batch: bool = False
-) -> Product:
+async def lock_product(session: AsyncSession, product_id: uuid.UUID) -> Product:
     """Take the product's lock (every change to its book is serialised on it) and read the
-    product as of the lock. ``with_batch``: and then its batch's, if it has one (a group of
-    orders, which settles on it: ``place_orders(batch_locked=True)``)."""
-    product = await ProductRepository(session).lock_and_reload(product_id, with_batch=with_batch)
+    product as of the lock."""
+    product = await ProductRepository(session).lock_and_reload(product_id)
     if product is None:
         _forget_product_id(product_id)
         raise ProductNotFound("No such product.", product=str(product_id))
@@ -994,7 +987,8 @@ def _forget_product_id(product_id: uuid.UUID) -> None:
 async def lock_product_and_read_book(
     session: AsyncSession, product_id: uuid.UUID, sellers: Sequence[uuid.UUID] = ()
 ) -> tuple[Product, Book, LiveBlocks | None]:
-    """``lock_product(with_batch=True)``, and the book as of the lock (the resting orders
+    """``lock_product``, then the product's batch lock (a batch product's group settles on
+    it: ``place_orders(batch_locked=True)``), and the book as of the locks (the resting orders
     and the sell orders' credit holds, as ``place_orders`` reads them), in one round trip;
     on a batch product, with the live blocks of the book's sellers and of ``sellers`` (the
     queued sell orders' organisations), unless there are too many of them."""
@@ -1022,7 +1016,7 @@ async def place_orders(
     flush, the NOTIFY). A refusal of any of them raises: the caller rolls the transaction back
     (``app.market.group`` then places that group's orders one at a time). ``locked``: the
     product as ``lock_product`` returned it in this transaction (the lock is held already);
-    ``batch_locked``: with its batch (``lock_product(with_batch=True)``); ``read_book`` and
+    ``batch_locked``: with its batch (``lock_product_and_read_book``); ``read_book`` and
     ``read_blocks``: the book and live blocks read with the lock
     (``lock_product_and_read_book``)."""
     orders = OrderRepository(session)
