@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import MetaData, String
+from sqlalchemy import MetaData, String, inspect
 from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -43,6 +43,30 @@ class IdMixin:
 class TimestampMixin:
     created_at: Mapped[datetime] = mapped_column(default=utc_now, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now, nullable=False)
+
+
+M = TypeVar("M", bound=Base)
+# A model's column attribute names and its class manager (which makes bare instances).
+_ROW_MAKERS: dict[type[Base], tuple[frozenset[str], Any]] = {}
+
+
+def new_row(model: type[M], **values: Any) -> M:
+    """``model(**values)`` for hot paths that make many rows (an order group makes dozens): a
+    new transient instance with ``values`` as its state, set without the constructor's
+    per-attribute events (about 1 µs an order row instead of 17). It is the same instance for
+    every later use: attributes read and set as usual, ``session.add`` then a flush inserts
+    the values. Only column attributes may be given (a misspelt key raises ``TypeError``, as
+    the constructor would); relationships are not set this way."""
+    maker = _ROW_MAKERS.get(model)
+    if maker is None:
+        mapper = inspect(model)
+        maker = _ROW_MAKERS[model] = (frozenset(mapper.column_attrs.keys()), mapper.class_manager)
+    keys, manager = maker
+    if not keys.issuperset(values):
+        raise TypeError(f"{model.__name__} has no column {sorted(set(values) - keys)}")
+    instance = cast(M, manager.new_instance())
+    instance.__dict__.update(values)
+    return instance
 
 
 E = TypeVar("E", bound=StrEnum)

@@ -107,6 +107,7 @@ from app.core.ids import new_id
 from app.core.pagination import Page, PageParams
 from app.core.time import utc_now
 from app.db import deferred as deferred_writes
+from app.db.base import new_row
 from app.db.driver import DatabaseRefusal, fetch_rows
 from app.ledger import service as ledger_service
 from app.ledger.errors import LedgerInvariantViolated
@@ -853,7 +854,8 @@ async def _settle(
             quantity,
             reference=reference,
         )
-        trade = MarketTrade(
+        trade = new_row(
+            MarketTrade,
             id=trade_id,
             product_id=product.id,
             batch_id=held.batch_id,
@@ -1395,7 +1397,8 @@ async def _hold_and_settle(
     # the order they were added, and writes the credit hold and trade rows after the orders
     # (the unit of work orders the tables by foreign key).
     now = utc_now()
-    order = MarketOrder(
+    order = new_row(
+        MarketOrder,
         id=order_id,
         product_id=product.id,
         organization_id=organization_id,
@@ -1418,8 +1421,13 @@ async def _hold_and_settle(
         session,
         order,
         *(
-            MarketOrderCreditHold(
-                order_id=order.id, position=i, batch_id=batch_id, hold_id=hold_id, quantity=quantity
+            new_row(
+                MarketOrderCreditHold,
+                order_id=order.id,
+                position=i,
+                batch_id=batch_id,
+                hold_id=hold_id,
+                quantity=quantity,
             )
             for i, (batch_id, quantity, hold_id) in enumerate(taken)
         ),
