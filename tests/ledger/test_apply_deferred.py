@@ -242,3 +242,55 @@ async def _both(
     finally:
         await transaction.rollback()
     return expected, got
+
+
+def test_the_holds_are_looked_up_by_key_however_much_the_table_grew(database_url: str) -> None:
+    """A PL/pgSQL plan is made once per connection: made while ``ledger_holds`` was small, a
+    plan that scans it would scan it whole on every later call (0023's first version did:
+    7.2 ms a call once the table held 30,000 rows). On one connection: a first call on the
+    small table, then 3,000 more holds, then a call that must not scan the table."""
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        engine = create_async_engine(async_url(database_url), pool_size=1, max_overflow=0)
+        connection = runner.run(asyncpg.connect(libpq_url(database_url)))
+        try:
+            runner.run(_scans_after_growth(create_sessionmaker(engine), connection))
+        finally:
+            runner.run(connection.close())
+            runner.run(truncate(engine))
+            runner.run(engine.dispose())
+
+
+async def _scans_after_growth(sessions: SessionMaker, connection: asyncpg.Connection) -> None:
+    async with sessions() as session:
+        world = await _make_world(session)
+    # Reserve for A and B, take from A's active hold, pay B: every kind, all valid.
+    ops: list[tuple[Any, ...]] = [
+        ("reserve", 0, 0, 50, None, None, "order:x", False),
+        ("reserve", 1, 1, 60, None, None, "order:y", False),
+        ("take", 3, None, 40, None, "B available", "trade:1", False),
+        ("take", 0, None, None, None, None, None, True),
+    ]
+    call = _CALL.format("tanso_apply_deferred")
+
+    async def once() -> int:
+        """The call's sequential scans of ledger_holds (this transaction's counters)."""
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'ledger_holds'"
+            before = await connection.fetchval(scans)
+            await connection.execute(call, *_arguments(world, ops))
+            return int(await connection.fetchval(scans)) - int(before)
+        finally:
+            await transaction.rollback()
+
+    await once()  # the plans are made here, on a small table
+    await connection.execute(
+        "INSERT INTO ledger_holds (id, organization_id, asset, amount, remaining, status,"
+        "                          reference, created_at, updated_at)"
+        " SELECT gen_random_uuid(), $1, $2, 1, 0, 'closed', 'grown', now(), now()"
+        "   FROM generate_series(1, 3000)",
+        world.orgs[0],
+        CASH,
+    )
+    assert await once() == 0
