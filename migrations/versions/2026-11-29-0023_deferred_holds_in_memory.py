@@ -68,19 +68,17 @@ def load_0015() -> ModuleType:
     return module
 
 
-APPLY = """
-    CREATE OR REPLACE FUNCTION tanso_apply_deferred(
-        p_kinds text[], p_holds uuid[], p_entries uuid[], p_orgs uuid[], p_assets text[],
-        p_amounts bigint[], p_sources uuid[], p_destinations uuid[], p_entry_kinds text[],
-        p_references text[], p_rest_only boolean[],
-        p_now timestamptz, p_closed uuid[], p_ids uuid[], p_batches uuid[], p_holders uuid[],
-        p_starts bigint[], p_ends bigint[], p_states text[], p_block_holds uuid[],
-        p_retirements uuid[], p_parents text[], p_gone boolean[]
-    ) RETURNS void
-    LANGUAGE plpgsql
-    SET plan_cache_mode = force_generic_plan
-    AS $$
-    DECLARE
+_0015 = load_0015()
+# 0015's signature (the same arguments) and its block writes (unchanged), around the new
+# DECLARE ... the entries' posting.
+_SIGNATURE = _0015.APPLY[: _0015.APPLY.index("    DECLARE\n")].replace(
+    "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
+)
+_BLOCK_WRITES = _0015.APPLY[_0015.APPLY.index("        -- The blocks: ") :]
+
+APPLY = (
+    _SIGNATURE
+    + """    DECLARE
         i integer;
         k integer;
         v_closed bigint;
@@ -282,31 +280,9 @@ APPLY = """
                 e_ids, e_kinds, e_refs, array_fill(NULL::text, ARRAY[cardinality(e_ids)]),
                 e_meta, l_entries, l_accounts, l_assets, l_amounts);
         END IF;
-        -- The blocks, as in 0015: those that were live before, closed; every block made,
-        -- inserted, the ones a later change of the group closed again already closed
-        -- (``p_gone``). TN014: a block to close was not live.
-        IF cardinality(p_closed) > 0 THEN
-            UPDATE offset_blocks SET closed_at = p_now
-             WHERE id = ANY (p_closed) AND closed_at IS NULL;
-            GET DIAGNOSTICS v_closed = ROW_COUNT;
-            IF v_closed <> cardinality(p_closed) THEN
-                RAISE EXCEPTION 'serial blocks changed under a batch lock' USING ERRCODE = 'TN014';
-            END IF;
-        END IF;
-        INSERT INTO offset_blocks (id, batch_id, holder_organization_id, serial_start,
-                                   serial_end, state, hold_id, retirement_id, parent_ids,
-                                   created_at, closed_at)
-        SELECT b.id, b.batch_id, b.holder, b.serial_start, b.serial_end, b.state, b.hold_id,
-               b.retirement_id,
-               coalesce(string_to_array(nullif(b.parents, ''), ',')::uuid[], '{}'), p_now,
-               CASE WHEN b.gone THEN p_now END
-          FROM unnest(p_ids, p_batches, p_holders, p_starts, p_ends, p_states, p_block_holds,
-                      p_retirements, p_parents, p_gone)
-               AS b (id, batch_id, holder, serial_start, serial_end, state, hold_id,
-                     retirement_id, parents, gone);
-    END
-    $$
 """
+    + _BLOCK_WRITES
+)
 
 
 def upgrade() -> None:
@@ -316,4 +292,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    op.execute(load_0015().APPLY.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    op.execute(_0015.APPLY.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))

@@ -18,7 +18,9 @@ Revises: 0023
 Create Date: 2026-11-29 09:00:00.000000+00:00
 """
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 from alembic import op
 
@@ -57,32 +59,19 @@ CHECK = """
     $$
 """
 
-# 0001's body, for the downgrade.
-CHECK_0001 = """
-    CREATE OR REPLACE FUNCTION ledger_check_entry_balanced() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        v_count bigint;
-        v_unbalanced text;
-    BEGIN
-        SELECT count(*) INTO v_count FROM ledger_postings WHERE entry_id = NEW.id;
-        IF v_count < 2 THEN
-            RAISE EXCEPTION 'ledger entry % has % posting(s); at least two are needed',
-                NEW.id, v_count USING ERRCODE = 'TN002';
-        END IF;
-        SELECT asset INTO v_unbalanced FROM ledger_postings WHERE entry_id = NEW.id
-         GROUP BY asset HAVING sum(amount) <> 0 LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'ledger entry % does not balance for asset %', NEW.id, v_unbalanced
-                USING ERRCODE = 'TN002';
-        END IF;
-        -- Normally this runs at COMMIT, after which nothing more is written. Run earlier (by
-        -- SET CONSTRAINTS ... IMMEDIATE), it must be the last word: say so for the guard below.
-        PERFORM set_config('tanso.ledger_checked', 'on', true);
-        RETURN NULL;
-    END
-    $$
-"""
+
+def _body_0001() -> str:
+    """0001's body of the function (the downgrade's), from 0001's module."""
+    path = Path(__file__).with_name("2026-11-28-1740_0001_accounts_ledger_and_idempotency.py")
+    spec = importlib.util.spec_from_file_location("tanso_migration_0001", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    [body] = [
+        sql for sql in module.LEDGER_SQL if "CREATE FUNCTION ledger_check_entry_balanced" in sql
+    ]
+    return str(body).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 
 
 def upgrade() -> None:
@@ -92,4 +81,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    op.execute(CHECK_0001)
+    op.execute(_body_0001())
