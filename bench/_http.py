@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -43,7 +43,11 @@ class Served:
 
 
 @contextmanager
-def served(database_url: str, *, workers: int = 2) -> Iterator[Served]:
+def served(
+    database_url: str, *, workers: int = 2, debug_log: IO[bytes] | None = None
+) -> Iterator[Served]:
+    """Tanso under uvicorn on a free port until the block ends. ``debug_log``: the server's
+    log at DEBUG, as JSON lines, goes there (instead of warnings to the terminal)."""
     port = _free_port()
     data_dir = tempfile.mkdtemp(prefix="tanso-bench-data-")
     env = {
@@ -51,12 +55,13 @@ def served(database_url: str, *, workers: int = 2) -> Iterator[Served]:
         "TANSO_DATABASE__URL": database_url,
         "TANSO_ADMIN_KEY": ADMIN_KEY,
         "TANSO_DATA_DIR": data_dir,
-        "TANSO_LOG_LEVEL": "WARNING",
+        "TANSO_LOG_LEVEL": "WARNING" if debug_log is None else "DEBUG",
+        "TANSO_LOG_JSON": "false" if debug_log is None else "true",
     }
     command = [sys.executable, "-m", "uvicorn", "app.main:app_factory", "--factory"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     command += ["--log-level", "warning", "--no-access-log"]
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen(command, env=env, stderr=debug_log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

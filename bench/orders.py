@@ -18,14 +18,24 @@ and registry checkers find nothing.
 
     .venv/bin/python -m bench.orders            # full size, about a minute
     .venv/bin/python -m bench.orders --quick    # a few seconds (--clients N: fewer)
+    .venv/bin/python -m bench.orders --groups   # and how the product lock was held
+
+``--groups`` runs the server at DEBUG and reads its ``market.group_placed`` lines
+(``app.market.group``): how many groups each worker placed and their sizes (the kernel splits
+the 32 connections between the two workers as it likes, and the split moves the figure), the
+share of the orders phase the lock was held (from each lock call's answer to its commit's),
+and the hold fitted as F + c·n for a group of n orders.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from typing import Any
+import statistics
+import tempfile
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import IO, Any
 
 import httpx
 from sqlalchemy import text
@@ -223,6 +233,58 @@ async def invariants(url: str, acknowledged: int) -> tuple[list[str], dict[str, 
     return failures, {"orders": orders, "trades": trades, "traded": traded}
 
 
+def group_summary(lines: Iterable[str], start: datetime, end: datetime) -> dict[str, Any]:
+    """The groups the server logged (``market.group_placed``) between ``start`` and ``end``:
+    their number and orders, each worker's groups and mean size, the share of the time the
+    lock was held (lock answer to commit answer), and the hold fitted as F + c·n."""
+    groups: list[dict[str, Any]] = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # not one of the app's JSON lines
+        if not isinstance(event, dict) or event.get("event") != "market.group_placed":
+            continue
+        if start <= datetime.fromisoformat(event["timestamp"]) < end:
+            groups.append(event)
+    if not groups:
+        return {"groups": 0}
+    by_worker: dict[int, list[int]] = {}
+    for group in groups:
+        by_worker.setdefault(group["worker"], []).append(group["orders"])
+    sizes = [float(g["orders"]) for g in groups]
+    held = [float(g["held_ms"]) for g in groups]
+    summary: dict[str, Any] = {
+        "groups": len(groups),
+        "orders": int(sum(sizes)),
+        "workers": [
+            {"groups": len(n), "orders": sum(n), "mean_size": round(sum(n) / len(n), 1)}
+            for n in sorted(by_worker.values(), key=sum, reverse=True)
+        ],
+        "lock_held_share": round(sum(held) / ((end - start).total_seconds() * 1e3), 3),
+        "held_ms_per_order": round(sum(held) / sum(sizes), 3),
+    }
+    if len(set(sizes)) > 1:
+        slope, intercept = statistics.linear_regression(sizes, held)
+        summary["fit_ms"] = {"F": round(intercept, 2), "c": round(slope, 3)}
+    return summary
+
+
+def _group_lines(summary: dict[str, Any]) -> str:
+    if not summary["groups"]:
+        return "\n\ngroups: none logged in the orders phase"
+    workers = "; ".join(
+        f"{w['groups']:,} of {w['mean_size']} orders on average" for w in summary["workers"]
+    )
+    fit = summary.get("fit_ms")
+    return (
+        f"\n\ngroups: {summary['groups']:,} (by worker: {workers});"
+        f" lock held {summary['lock_held_share']:.0%} of the phase,"
+        f" {summary['held_ms_per_order']} ms per order"
+        + (f"; hold ≈ {fit['F']} + {fit['c']}·n ms" if fit else "")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few seconds, not a minute")
@@ -230,16 +292,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--clients", type=int, default=CLIENTS, help="an even number (half buy, half sell)"
     )
+    parser.add_argument(
+        "--groups", action="store_true", help="report how the product lock was held (module doc)"
+    )
     args = parser.parse_args(argv)
     if args.clients < 2 or args.clients % 2:
         parser.error("--clients must be an even number >= 2")
+    setup_logging()
+    with tempfile.TemporaryFile() as log:
+        return _run(args, log if args.groups else None)
+
+
+def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
     clients = args.clients
     seconds = args.seconds or (1.5 if args.quick else 15.0)
-    setup_logging()
-
+    window: list[datetime] = []  # the orders phase's start and end
     with throwaway_server() as pg:
         url = pg.migrated_database("orders")
-        with served(url) as server:
+        with served(url, debug_log=debug_log) as server:
 
             async def run() -> dict[str, Any]:
                 keys = await prepare(server, clients)
@@ -266,9 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "warm-up", server.base_url, clients, seconds / 5, place
                 )
                 pg.checkpoint()
+                window.append(datetime.now(UTC))
                 orders, statuses = await http_phase(
                     "limit orders", server.base_url, clients, seconds, place
                 )
+                window.append(datetime.now(UTC))
                 acknowledged = warm_statuses.get(201, 0) + statuses.get(201, 0)
                 return {
                     "baseline": baseline,
@@ -295,6 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n\nstored: {stored['orders']:,} orders, {stored['trades']:,} trades"
         f" ({stored['traded']:,} credits)"
     )
+    groups: dict[str, Any] | None = None
+    if debug_log is not None:
+        debug_log.seek(0)
+        lines = debug_log.read().decode("utf-8", "replace").splitlines()
+        groups = group_summary(lines, window[0], window[1])
+        report += _group_lines(groups)
     return finish(
         report,
         {
@@ -309,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "clients": clients,
             "goal": ">= 1000 orders/s, p99 < 50 ms, ratio >= 0.25",
             "server": settings,
+            **({"groups": groups} if groups is not None else {}),
         },
         failures,
     )

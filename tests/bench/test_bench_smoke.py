@@ -50,7 +50,9 @@ def test_ledger_benchmark_runs_and_its_checks_pass() -> None:
 
 
 def test_orders_benchmark_runs_and_its_checks_pass() -> None:
-    result, stdout = run_bench("bench.orders", "--quick", "--seconds", "0.5", "--clients", "4")
+    result, stdout = run_bench(
+        "bench.orders", "--quick", "--seconds", "0.5", "--clients", "4", "--groups"
+    )
 
     assert result["name"] == "orders"
     assert result["ok"] is True
@@ -60,4 +62,52 @@ def test_orders_benchmark_runs_and_its_checks_pass() -> None:
     assert result["ratio"] > 0
     assert result["trades"] > 0
     assert result["server"]["fsync"] == "on"
+    # --groups: the server's groups in the orders phase, read from its DEBUG log.
+    assert result["groups"]["groups"] > 0
+    assert result["groups"]["orders"] >= result["groups"]["groups"]
+    assert "groups:" in stdout
     assert "FAILED" not in stdout
+
+
+def test_the_group_summary_reads_the_orders_phase_groups_only() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bench.orders import group_summary
+
+    start = datetime(2026, 11, 29, 7, 0, tzinfo=UTC)
+    end = start + timedelta(seconds=1)
+
+    def line(at: datetime, worker: int, orders: int, held: float) -> str:
+        return json.dumps(
+            {
+                "event": "market.group_placed",
+                "timestamp": at.isoformat().replace("+00:00", "Z"),
+                "worker": worker,
+                "orders": orders,
+                "lock_ms": 5.0,
+                "held_ms": held,
+                "commit_ms": 1.0,
+            }
+        )
+
+    lines = [
+        "not json",
+        json.dumps({"event": "something.else", "timestamp": start.isoformat()}),
+        line(start - timedelta(seconds=1), 1, 99, 99.0),  # before the phase: left out
+        line(start, 1, 10, 13.0),
+        line(start + timedelta(milliseconds=100), 2, 2, 5.8),
+        line(start + timedelta(milliseconds=200), 1, 20, 22.0),
+        line(end, 2, 99, 99.0),  # at the end: left out
+    ]
+    summary = group_summary(lines, start, end)
+
+    assert summary["groups"] == 3
+    assert summary["orders"] == 32
+    assert summary["workers"] == [
+        {"groups": 2, "orders": 30, "mean_size": 15.0},
+        {"groups": 1, "orders": 2, "mean_size": 2.0},
+    ]
+    assert summary["lock_held_share"] == 0.041  # 40.8 ms of 1 s
+    assert summary["held_ms_per_order"] == 1.275
+    assert summary["fit_ms"] == {"F": 4.0, "c": 0.9}  # held = 4 + 0.9·n, exactly here
+    assert group_summary(lines[:3], start, end) == {"groups": 0}

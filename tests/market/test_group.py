@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from structlog.testing import capture_logs
 
 from app.market import group
 from app.market import service as market_service
@@ -112,6 +113,30 @@ async def test_concurrent_orders_are_placed_as_one_group(
     reported = sum(len(r.json()["trades"]) for r in answers)
     assert reported == len(await _trades(session))
     await assert_market_clean(session)
+
+
+async def test_each_group_logs_how_long_it_awaited_and_held_the_lock(
+    client: httpx.AsyncClient, groups: Groups
+) -> None:
+    """``market.group_placed`` (DEBUG, read by ``bench/orders --groups``): one per group, with
+    its size and its times, the commit's inside the hold."""
+    m = await market(client, sellers=2, buyers=2)
+    sends = [
+        order(client, m.sellers[0], m, "sell", 1_000, 2),
+        order(client, m.buyers[0], m, "buy", 1_000, 1),
+        order(client, m.buyers[1], m, "buy", 1_000, 1),
+    ]
+    groups.queued = len(sends) - 1
+    with capture_logs() as logs:
+        answers = await _send_in_order(sends)
+    assert [r.status_code for r in answers] == [201] * len(sends)
+    placed = [e for e in logs if e["event"] == "market.group_placed"]
+    assert [e["orders"] for e in placed] == groups == [1, 2]
+    assert len({uuid.UUID(e["product_id"]) for e in placed}) == 1  # the one product
+    for event in placed:
+        assert event["lock_ms"] >= 0
+        assert event["held_ms"] >= event["commit_ms"] >= 0
+        assert isinstance(event["worker"], int)
 
 
 async def test_a_refused_order_sends_its_group_one_by_one(
