@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".tanso")
     log_json: bool = False
     log_level: str = "INFO"
+    # Loggers logged at DEBUG whatever ``log_level`` says, e.g. ``["app.market.group"]`` (its
+    # ``market.group_placed`` lines: how long each order group awaited and held the product
+    # lock; ``bench/orders --groups`` reads them). Env: TANSO_LOG_DEBUG='["app.market.group"]'.
+    log_debug: list[str] = []
     public_base_url: str = "http://127.0.0.1:8000"
     # Run the job runner inside each API process (``tanso serve``); off when ``tanso worker``
     # processes run it instead.

@@ -152,5 +152,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def app_factory() -> FastAPI:
     """For ``uvicorn --factory app.main:app_factory`` (each worker builds its own)."""
     settings = get_settings()
-    configure_logging(json=settings.log_json, level=settings.log_level)
+    configure_logging(json=settings.log_json, level=settings.log_level, debug=settings.log_debug)
     return create_app(settings)

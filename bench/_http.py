@@ -8,6 +8,7 @@ keep-alive clients for a fixed time through ``run_phase`` and counts the 2xx ans
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -44,10 +45,15 @@ class Served:
 
 @contextmanager
 def served(
-    database_url: str, *, workers: int = 2, debug_log: IO[bytes] | None = None
+    database_url: str,
+    *,
+    workers: int = 2,
+    debug: Sequence[str] = (),
+    log: IO[bytes] | None = None,
 ) -> Iterator[Served]:
-    """Tanso under uvicorn on a free port until the block ends. ``debug_log``: the server's
-    log at DEBUG, as JSON lines, goes there (instead of warnings to the terminal)."""
+    """Tanso under uvicorn on a free port until the block ends. ``debug``: loggers at DEBUG
+    (the rest at WARNING); ``log``: where the server's log goes, as JSON lines (else to the
+    terminal)."""
     port = _free_port()
     data_dir = tempfile.mkdtemp(prefix="tanso-bench-data-")
     env = {
@@ -55,13 +61,14 @@ def served(
         "TANSO_DATABASE__URL": database_url,
         "TANSO_ADMIN_KEY": ADMIN_KEY,
         "TANSO_DATA_DIR": data_dir,
-        "TANSO_LOG_LEVEL": "WARNING" if debug_log is None else "DEBUG",
-        "TANSO_LOG_JSON": "false" if debug_log is None else "true",
+        "TANSO_LOG_LEVEL": "WARNING",
+        "TANSO_LOG_DEBUG": json.dumps(list(debug)),
+        "TANSO_LOG_JSON": "false" if log is None else "true",
     }
     command = [sys.executable, "-m", "uvicorn", "app.main:app_factory", "--factory"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     command += ["--log-level", "warning", "--no-access-log"]
-    process = subprocess.Popen(command, env=env, stderr=debug_log)
+    process = subprocess.Popen(command, env=env, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

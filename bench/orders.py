@@ -20,7 +20,8 @@ and registry checkers find nothing.
     .venv/bin/python -m bench.orders --quick    # a few seconds (--clients N: fewer)
     .venv/bin/python -m bench.orders --groups   # and how the product lock was held
 
-``--groups`` runs the server at DEBUG and reads its ``market.group_placed`` lines
+``--groups`` runs the server with ``app.market.group`` at DEBUG and reads its
+``market.group_placed`` lines
 (``app.market.group``): how many groups each worker placed and their sizes (the kernel splits
 the 32 connections between the two workers as it likes, and the split moves the figure), the
 share of the orders phase the lock was held (from each lock call's answer to its commit's),
@@ -309,7 +310,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
     window: list[datetime] = []  # the orders phase's start and end
     with throwaway_server() as pg:
         url = pg.migrated_database("orders")
-        with served(url, debug_log=debug_log) as server:
+        with served(url, debug=["app.market.group"] if debug_log else [], log=debug_log) as server:
 
             async def run() -> dict[str, Any]:
                 keys = await prepare(server, clients)

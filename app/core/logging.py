@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 
 import structlog
 
 
-def configure_logging(*, json: bool, level: str = "INFO", cache_loggers: bool = True) -> None:
-    """``cache_loggers=False`` for tests: structlog's ``capture_logs`` cannot see loggers that
+def configure_logging(
+    *,
+    json: bool,
+    level: str = "INFO",
+    debug: Sequence[str] = (),
+    cache_loggers: bool = True,
+) -> None:
+    """``debug``: loggers at DEBUG whatever ``level`` says (``Settings.log_debug``).
+    ``cache_loggers=False`` for tests: structlog's ``capture_logs`` cannot see loggers that
     cached their processors on first use."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -56,3 +64,5 @@ def configure_logging(*, json: bool, level: str = "INFO", cache_loggers: bool = 
         "procrastinate",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in debug:
+        logging.getLogger(name).setLevel(logging.DEBUG)
