@@ -21,11 +21,10 @@ and registry checkers find nothing.
     .venv/bin/python -m bench.orders --groups   # and how the product lock was held
 
 ``--groups`` runs the server with ``app.market.group`` at DEBUG and reads its
-``market.group_placed`` lines
-(``app.market.group``): how many groups each worker placed and their sizes (the kernel splits
-the 32 connections between the two workers as it likes, and the split moves the figure), the
-share of the orders phase the lock was held (from each lock call's answer to its commit's),
-and the hold fitted as F + c·n for a group of n orders.
+``market.group_placed`` lines: how many groups each worker placed and their sizes (the kernel
+splits the 32 connections between the two workers as it likes, and the split moves the
+figure), the share of the orders phase the lock was held (from each lock call's answer to its
+commit's), and the hold fitted as F + c·n for a group of n orders.
 """
 
 from __future__ import annotations
