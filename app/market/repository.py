@@ -139,8 +139,9 @@ class ProductRepository(Repository[Product]):
         self, product_id: uuid.UUID, sellers: Sequence[uuid.UUID]
     ) -> tuple[Product | None, Book, LiveBlocks | None]:
         """``lock_and_reload`` (and the product's batch locked after it, migration 0020) and
-        ``open_orders_with_credit_holds`` in one round trip (``market_lock_product_and_book``, migrations 0021 and 0022), with the
-        live blocks of the book's sellers and of ``sellers``, if it read them."""
+        ``open_orders_with_credit_holds`` in one round trip (``market_lock_product_and_book``,
+        migrations 0021 and 0022), with the live blocks of the book's sellers and of
+        ``sellers``, if it read them."""
         product: Product | None = None
         rows: list[tuple[MarketOrder, Any, Any, Any, Any]] = []
         blocks: LiveBlocks | None = None
