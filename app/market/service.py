@@ -89,7 +89,6 @@ the same orders placed one at a time leave.
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
@@ -97,6 +96,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Uuid, any_, bindparam, inspect, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
@@ -375,13 +375,13 @@ async def _notify(
                 "at": traded.updated_at,
                 "id": traded.id,
                 "c": channel(product_id),
-                "events": [json.dumps(e) for e in events],
+                "events": [_json(e) for e in events],
             },
         )
     elif events:
         await session.execute(
             text("SELECT pg_notify(:c, e) FROM unnest(CAST(:events AS text[])) AS e"),
-            {"c": channel(product_id), "events": [json.dumps(e) for e in events]},
+            {"c": channel(product_id), "events": [_json(e) for e in events]},
         )
 
 
@@ -1267,16 +1267,22 @@ def _add_rows(
         session.add_all(rows)
 
 
-def _json_rows(rows: Iterable[Any], columns: Sequence[str]) -> str:
-    return json.dumps([{c: getattr(row, c) for c in columns} for row in rows], default=_json_value)
+def _json(value: Any) -> str:
+    """``value`` as JSON text, UUIDs and datetimes as PostgreSQL reads them (orjson: several
+    times faster than ``json.dumps``, and this runs under the product lock)."""
+    return orjson.dumps(value, default=_json_value).decode()
 
 
 def _json_value(value: object) -> str:
+    """What orjson does not write itself: a UUID read by asyncpg (its own ``uuid.UUID``
+    subclass; orjson writes only the exact type)."""
     if isinstance(value, uuid.UUID):
         return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not a column value here")
+
+
+def _json_rows(rows: Iterable[Any], columns: Sequence[str]) -> str:
+    return _json([{c: getattr(row, c) for c in columns} for row in rows])
 
 
 async def _send_group(
@@ -1310,7 +1316,7 @@ async def _send_group(
         product.last_trade_price if traded else None,
         product.updated_at,
         channel(product.id),
-        [json.dumps(e) for e in events],
+        [_json(e) for e in events],
     ]
     try:
         found = await (
