@@ -24,7 +24,8 @@ and registry checkers find nothing.
 ``market.group_placed`` lines: how many groups each worker placed and their sizes (the kernel
 splits the 32 connections between the two workers as it likes, and the split moves the
 figure), the share of the orders phase the lock was held (from each lock call's answer to its
-commit's), and the hold fitted as F + c·n for a group of n orders.
+commit's), the hold fitted as F + c·n for a group of n orders, and how deep the book each
+group read was (the whole book is read and rebuilt for every group).
 """
 
 from __future__ import annotations
@@ -264,6 +265,9 @@ def group_summary(lines: Iterable[str], start: datetime, end: datetime) -> dict[
         "lock_held_share": round(sum(held) / ((end - start).total_seconds() * 1e3), 3),
         "held_ms_per_order": round(sum(held) / sum(sizes), 3),
     }
+    books = [int(g["book"]) for g in groups if "book" in g]
+    if books:  # the resting orders each group's lock call read
+        summary["book"] = {"mean": round(statistics.fmean(books), 1), "max": max(books)}
     if len(set(sizes)) > 1:
         slope, intercept = statistics.linear_regression(sizes, held)
         summary["fit_ms"] = {"F": round(intercept, 2), "c": round(slope, 3)}
@@ -277,11 +281,13 @@ def _group_lines(summary: dict[str, Any]) -> str:
         f"{w['groups']:,} of {w['mean_size']} orders on average" for w in summary["workers"]
     )
     fit = summary.get("fit_ms")
+    book = summary.get("book")
     return (
         f"\n\ngroups: {summary['groups']:,} (by worker: {workers});"
         f" lock held {summary['lock_held_share']:.0%} of the phase,"
         f" {summary['held_ms_per_order']} ms per order"
         + (f"; hold ≈ {fit['F']} + {fit['c']}·n ms" if fit else "")
+        + (f"; book read {book['mean']} orders on average, {book['max']} at most" if book else "")
     )
 
 

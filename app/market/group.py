@@ -176,12 +176,15 @@ async def _place_next(
             waiting.placed.set_result(one)
     # How long the product lock was awaited and held (``bench/orders --groups`` reads these):
     # the lock call from asked to answered (mostly waiting for other processes' groups), then
-    # held from its answer to the commit's. Logged after the answers, outside the transaction.
+    # held from its answer to the commit's; and the resting orders the lock call read (the
+    # whole book is read and rebuilt for every group). Logged after the answers, outside the
+    # transaction.
     log.debug(
         "market.group_placed",
         product_id=str(product_id),
         worker=os.getpid(),
         orders=len(group),
+        book=len(book[0]),
         lock_ms=round((answered - asked) * 1e3, 3),
         held_ms=round((committed - answered) * 1e3, 3),
         commit_ms=round((committed - written) * 1e3, 3),

@@ -84,6 +84,7 @@ def test_the_group_summary_reads_the_orders_phase_groups_only() -> None:
                 "timestamp": at.isoformat().replace("+00:00", "Z"),
                 "worker": worker,
                 "orders": orders,
+                "book": orders * 2,
                 "lock_ms": 5.0,
                 "held_ms": held,
                 "commit_ms": 1.0,
@@ -110,4 +111,5 @@ def test_the_group_summary_reads_the_orders_phase_groups_only() -> None:
     assert summary["lock_held_share"] == 0.041  # 40.8 ms of 1 s
     assert summary["held_ms_per_order"] == 1.275
     assert summary["fit_ms"] == {"F": 4.0, "c": 0.9}  # held = 4 + 0.9·n, exactly here
+    assert summary["book"] == {"mean": 21.3, "max": 40}  # 20, 4 and 40 resting orders read
     assert group_summary(lines[:3], start, end) == {"groups": 0}

@@ -137,6 +137,8 @@ async def test_each_group_logs_how_long_it_awaited_and_held_the_lock(
         assert event["lock_ms"] >= 0
         assert event["held_ms"] >= event["commit_ms"] >= 0
         assert isinstance(event["worker"], int)
+    # The book each lock call read: empty, then the first group's resting sell.
+    assert [e["book"] for e in placed] == [0, 1]
 
 
 async def test_a_refused_order_sends_its_group_one_by_one(
