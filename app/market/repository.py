@@ -36,7 +36,10 @@ _OPEN_ORDERS = (
 # The same book, each resting sell order with what is left of its credit holds (active, with
 # something remaining), in delivery order, as parallel arrays: the order path reads the
 # makers' holds with the book, in the same round trip, instead of once the fills name them.
-# Under the product lock nothing else changes a resting order's holds.
+# Under the product lock nothing else changes a resting order's holds. Each ledger hold is
+# looked up by its key (LATERAL with OFFSET 0): as a join, a plan made while ``ledger_holds``
+# was small scanned the whole table (one row per order ever placed) on every later read
+# (migration 0026 fixes the lock call's copy of this query the same way).
 _HOLD_COLUMNS = (
     column("hold_positions", ARRAY(Integer)),
     column("hold_batches", ARRAY(Uuid())),
@@ -56,7 +59,8 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
             "         array_agg(c.batch_id ORDER BY c.position) AS hold_batches,"
             "         array_agg(c.hold_id ORDER BY c.position) AS hold_ids,"
             "         array_agg(l.remaining ORDER BY c.position) AS hold_remaining"
-            "    FROM market_order_credit_holds c JOIN ledger_holds l ON l.id = c.hold_id"
+            "    FROM market_order_credit_holds c CROSS JOIN LATERAL ("
+            "         SELECT remaining, status FROM ledger_holds WHERE id = c.hold_id OFFSET 0) l"
             "   WHERE c.order_id = o.id AND o.side = 'sell'"
             "     AND l.status = 'active' AND l.remaining > 0"
             " ) h ON true"

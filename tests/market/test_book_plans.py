@@ -2,9 +2,10 @@
 
 ``market_lock_product_and_book`` is PL/pgSQL: each of its statements is planned once per
 connection and kept. Planned while the product had a few orders, the book's read must not
-become one that reads every order the product ever had (its filled and cancelled ones grow
-with every trade): here the call is planned on a book of a few orders, 3,000 filled orders
-are added, and the call may read only a handful of ``market_orders`` rows.
+become one that reads every order the product ever had, or every credit hold (they grow with
+every trade): here the call is planned on a book of two orders (one a sell, whose credit hold
+the call reads), 3,000 filled sell orders with their spent holds are added, and the call may
+read only a handful of rows of those tables.
 """
 
 from __future__ import annotations
@@ -13,18 +14,33 @@ import uuid
 
 import asyncpg
 import httpx
+from sqlalchemy.dialects import postgresql
 
 from app.db.url import libpq_url
+from app.ledger.service import credit_asset
+from app.market import repository
 from tests.market.helpers import market, order
+from tests.plans import forget_statistics
 
 CLOSED = 3_000
 READ_AT_MOST = 30  # the resting orders and a few index pages' worth
 
 _READS = (
     "SELECT coalesce(sum(seq_tup_read), 0) + coalesce(sum(idx_tup_fetch), 0)"
-    " FROM pg_stat_xact_user_tables WHERE relname = 'market_orders'"
+    " FROM pg_stat_xact_user_tables"
+    " WHERE relname IN ('market_orders', 'market_order_credit_holds', 'ledger_holds')"
 )
-_CALL = "SELECT count(*) FROM market_lock_product_and_book($1, $2::uuid[])"
+# The group's lock call, and the one-by-one path's read of the same book.
+_CALLS = {
+    "market_lock_product_and_book": (
+        "SELECT count(*) FROM market_lock_product_and_book($1, $2::uuid[])"
+    ),
+    "open_orders_with_credit_holds": "SELECT count(*) FROM ("
+    + str(repository._OPEN_ORDERS_WITH_CREDIT_HOLDS.compile(dialect=postgresql.dialect()))
+    .replace("%(product_id)s", "$1")
+    .replace("ORDER BY o.sequence", "")
+    + ") AS book WHERE $2::uuid[] IS NOT NULL",
+}
 
 
 async def test_the_book_is_read_from_the_resting_orders_only(
@@ -35,30 +51,49 @@ async def test_the_book_is_read_from_the_resting_orders_only(
         r = await order(client, org, m, side, price, 1)
         assert r.status_code == 201, r.text
     product = uuid.UUID(m.product["id"])
+    batch = uuid.UUID(m.batch_id)
     seller = uuid.UUID(m.sellers[1].id)
     connection = await asyncpg.connect(libpq_url(database_url))
     try:
         transaction = connection.transaction()
         await transaction.start()
         try:
+            await forget_statistics(
+                connection, ["market_orders", "market_order_credit_holds", "ledger_holds"]
+            )
             for _ in range(6):  # planned on the small book (generic plans after five runs)
-                assert await connection.fetchval(_CALL, product, []) == 2
+                for call in _CALLS.values():
+                    assert await connection.fetchval(call, product, []) == 2
+            # Filled sell orders, each with its spent credit hold.
             await connection.execute(
-                "INSERT INTO market_orders (id, product_id, organization_id, side, type, price,"
-                "  quantity, filled_quantity, filled_amount, status, time_in_force, post_only,"
-                "  created_at, updated_at)"
-                " SELECT gen_random_uuid(), $1, $2, 'sell', 'limit', 1000, 1, 1, 1000,"
-                "        'filled', 'gtc', false, now(), now()"
-                "   FROM generate_series(1, $3::int)",
+                "WITH h AS (INSERT INTO ledger_holds (id, organization_id, asset, amount,"
+                "             remaining, status, reference, created_at, updated_at)"
+                "           SELECT gen_random_uuid(), $2, $4, 1, 0, 'closed', 'grown', now(),"
+                "                  now() FROM generate_series(1, $3::int) RETURNING id),"
+                "     o AS (INSERT INTO market_orders (id, product_id, organization_id, side,"
+                "             type, price, quantity, filled_quantity, filled_amount, status,"
+                "             time_in_force, post_only, created_at, updated_at)"
+                "           SELECT gen_random_uuid(), $1, $2, 'sell', 'limit', 1000, 1, 1, 1000,"
+                "                  'filled', 'gtc', false, now(), now()"
+                "             FROM generate_series(1, $3::int) RETURNING id)"
+                " INSERT INTO market_order_credit_holds (order_id, position, batch_id, hold_id,"
+                "                                        quantity)"
+                " SELECT o.id, 0, $5, h.id, 1"
+                "   FROM (SELECT id, row_number() OVER () AS n FROM o) o"
+                "   JOIN (SELECT id, row_number() OVER () AS n FROM h) h USING (n)",
                 product,
                 seller,
                 CLOSED,
+                credit_asset(batch),
+                batch,
             )
-            before = int(await connection.fetchval(_READS))
-            assert await connection.fetchval(_CALL, product, []) == 2
-            read = int(await connection.fetchval(_READS)) - before
+            read: dict[str, int] = {}
+            for name, call in _CALLS.items():
+                before = int(await connection.fetchval(_READS))
+                assert await connection.fetchval(call, product, []) == 2
+                read[name] = int(await connection.fetchval(_READS)) - before
         finally:
             await transaction.rollback()
     finally:
         await connection.close()
-    assert read <= READ_AT_MOST, f"the book's read took {read} rows of market_orders"
+    assert max(read.values()) <= READ_AT_MOST, read

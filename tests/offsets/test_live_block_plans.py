@@ -26,6 +26,7 @@ from app.ledger.service import credit_asset
 from app.offsets import repository
 from tests.factories import create_org
 from tests.offsets.helpers import new_batch
+from tests.plans import forget_statistics
 
 FRAGMENTS = 3_000
 # Rows a look-up may read: the holder's blocks and those touching them, a few index pages.
@@ -67,6 +68,7 @@ async def test_a_holders_blocks_are_looked_up_by_holder(
     transaction = connection.transaction()
     await transaction.start()
     try:
+        await forget_statistics(connection, ["offset_blocks", "ledger_holds"])
         # Each statement's plans made while the batch is one block (a prepared statement's
         # generic plan after five runs, as a pooled connection keeps it).
         for sql in statements.values():
