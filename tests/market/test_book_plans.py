@@ -14,7 +14,6 @@ import uuid
 
 import asyncpg
 import httpx
-from sqlalchemy.dialects import postgresql
 
 from app.db.url import libpq_url
 from app.ledger.service import credit_asset
@@ -36,8 +35,8 @@ _CALLS = {
         "SELECT count(*) FROM market_lock_product_and_book($1, $2::uuid[])"
     ),
     "open_orders_with_credit_holds": "SELECT count(*) FROM ("
-    + str(repository._OPEN_ORDERS_WITH_CREDIT_HOLDS.compile(dialect=postgresql.dialect()))
-    .replace("%(product_id)s", "$1")
+    + str(repository._OPEN_ORDERS_WITH_CREDIT_HOLDS)
+    .replace(":product_id", "$1")
     .replace("ORDER BY o.sequence", "")
     + ") AS book WHERE $2::uuid[] IS NOT NULL",
 }
