@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from app.config import get_settings
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging, configure_logging_from
 from app.db.runtime import stop_embedded
 
 app = typer.Typer(help="Tanso: J-Credit marketplace and tender auctions.", no_args_is_help=True)
@@ -51,7 +51,7 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    configure_logging(json=settings.log_json, level=settings.log_level, debug=settings.log_debug)
+    configure_logging_from(settings)
     embedded = settings.database.url is None
     # uvicorn re-raises SIGTERM after a graceful shutdown; make that an ordinary exit so the
     # embedded server is stopped below.
@@ -87,7 +87,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 def migrate() -> None:
     """Bring the database schema to the latest migration."""
     settings = get_settings()
-    configure_logging(json=settings.log_json, level=settings.log_level, debug=settings.log_debug)
+    configure_logging_from(settings)
     try:
         _prepare_database()
     finally:
@@ -101,7 +101,7 @@ def demo() -> None:
     from app.demo import load_demo
 
     settings = get_settings()
-    configure_logging(json=settings.log_json, level=settings.log_level, debug=settings.log_debug)
+    configure_logging_from(settings)
     try:
         asyncio.run(load_demo(_prepare_database(), announce=True))
     finally:
@@ -174,7 +174,7 @@ def worker(
     from app.worker.runner import run_worker_until_signalled
 
     settings = get_settings()
-    configure_logging(json=settings.log_json, level=settings.log_level, debug=settings.log_debug)
+    configure_logging_from(settings)
     try:
         url = _prepare_database()
         ok = asyncio.run(

@@ -20,7 +20,7 @@ from app.api import include_v1
 from app.config import Settings, get_settings
 from app.core.errors import install_error_handlers, problem_response
 from app.core.idempotency import IdempotencyMiddleware
-from app.core.logging import configure_logging
+from app.core.logging import configure_logging_from
 from app.core.middleware import RequestIdMiddleware
 from app.db.runtime import current_revisions, head_revisions, resolve_database_url
 from app.db.session import create_engine, create_sessionmaker
@@ -152,5 +152,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def app_factory() -> FastAPI:
     """For ``uvicorn --factory app.main:app_factory`` (each worker builds its own)."""
     settings = get_settings()
-    configure_logging(json=settings.log_json, level=settings.log_level, debug=settings.log_debug)
+    configure_logging_from(settings)
     return create_app(settings)

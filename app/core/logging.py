@@ -5,8 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+
+def configure_logging_from(settings: Settings) -> None:
+    """``configure_logging`` as the settings say (``log_json``, ``log_level``, ``log_debug``):
+    every entry point's set-up (``tanso`` commands, the uvicorn factory)."""
+    configure_logging(json=settings.log_json, level=settings.log_level, debug=settings.log_debug)
 
 
 def configure_logging(
