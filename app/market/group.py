@@ -29,6 +29,13 @@ exactly as it would one at a time, then writes, notifies and commits once.
 - On a batch product, a group's writes (ledger, serial blocks, rows, NOTIFY) are recorded and
   sent in one call at the end (``app.db.deferred``, see ``app.market.service``): the group's
   time under the lock no longer grows by a round trip per hold, payment and block change.
+- That call also commits (``app.db.driver.call_and_commit``: the call and the COMMIT in one
+  message), so the lock is held for two round trips, not three: the lock call's answer
+  (that call also takes a sequence for each order the group may take, migration 0027: the
+  inserts' own sequences could not be read back) and the write call, with no COMMIT after. The group's
+  transaction is begun on the driver (``driver_transaction``) for that. If the connection
+  fails while that commit is on its way, the group looks whether its orders are stored:
+  answered as placed if so, placed one by one if not (never twice).
 
 Across processes nothing changes: each process's groups queue on the same advisory lock.
 """
@@ -43,10 +50,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from app.db.driver import CommitOutcomeUnknown, commit, driver_transaction
 from app.db.session import SessionMaker, session_scope
 from app.market import service as market_service
 from app.market.matching import Side
-from app.market.models import TradingMode
+from app.market.models import MarketOrder, TradingMode
 from app.market.schemas import OrderCreate
 
 log = structlog.get_logger()
@@ -128,14 +136,16 @@ async def _place_next(
     group: list[_Waiting] = []
     asked = time.perf_counter()
     try:
-        async with sessionmaker() as session:
+        async with sessionmaker() as session, driver_transaction(session) as driver:
             # With its batch (a batch product's group settles on it), the book as of the lock
             # and the live blocks of its sellers as far as they are known (the book's, and
-            # the queued sell orders'), in one round trip.
-            product, book, blocks = await market_service.lock_product_and_read_book(
+            # the queued sell orders'), and a sequence for each order it may take, in one
+            # round trip.
+            product, book, blocks, sequences = await market_service.lock_product_and_read_book(
                 session,
                 product_id,
                 sorted({w.organization_id for w in queue if w.body.side == Side.SELL}),
+                reserve=MAX_GROUP,
             )
             answered = time.perf_counter()
             group = _take(queue)
@@ -149,14 +159,23 @@ async def _place_next(
                 batch_locked=True,
                 read_book=book,
                 read_blocks=blocks,
+                sequences=sequences,
+                commit=True,
             )
             written = time.perf_counter()
-            await session.commit()
+            if driver.is_in_transaction():  # nothing deferred: its write call did not commit
+                try:
+                    await commit(driver)
+                except CommitOutcomeUnknown as exc:
+                    raise market_service.GroupOutcomeUnknown(placed) from exc
             committed = time.perf_counter()
     except asyncio.CancelledError:  # shutdown: the taken orders' requests end too
         for waiting in group:
             waiting.placed.cancel()
         raise
+    except market_service.GroupOutcomeUnknown as unknown:
+        await _settle_unknown(sessionmaker, product_id, group, unknown)
+        return
     except Exception as exc:
         if len(group) == 1:  # placed alone: this is its answer
             if not group[0].placed.done():
@@ -171,14 +190,12 @@ async def _place_next(
         )
         await _one_by_one(sessionmaker, product_id, group)
         return
-    for waiting, one in zip(group, placed, strict=True):
-        if not waiting.placed.done():
-            waiting.placed.set_result(one)
+    _answer(group, placed)
     # How long the product lock was awaited and held (``bench/orders --groups`` reads these):
     # the lock call from asked to answered (mostly waiting for other processes' groups), then
-    # held from its answer to the commit's; and the resting orders the lock call read (the
-    # whole book is read and rebuilt for every group). Logged after the answers, outside the
-    # transaction.
+    # held from its answer to the commit's (the write call's answer, which commits, or a
+    # COMMIT of its own); and the resting orders the lock call read (the whole book is read
+    # and rebuilt for every group). Logged after the answers, outside the transaction.
     log.debug(
         "market.group_placed",
         product_id=str(product_id),
@@ -189,6 +206,42 @@ async def _place_next(
         held_ms=round((committed - answered) * 1e3, 3),
         commit_ms=round((committed - written) * 1e3, 3),
     )
+
+
+async def _settle_unknown(
+    sessionmaker: SessionMaker,
+    product_id: uuid.UUID,
+    group: list[_Waiting],
+    unknown: market_service.GroupOutcomeUnknown,
+) -> None:
+    """The connection failed while the group's commit was on its way. The group was written
+    all or nothing: if its first order is stored, it was placed as ``unknown.placed`` says;
+    if not, nothing of it was, and its orders are placed one by one (never twice)."""
+    try:
+        async with sessionmaker() as session:
+            stored = await session.get(MarketOrder, unknown.placed[0].order.id) is not None
+    except Exception as exc:  # the database is unreachable: no answer can be given
+        for waiting in group:
+            if not waiting.placed.done():
+                waiting.placed.set_exception(exc)
+        return
+    log.warning(
+        "market.group_commit_unknown",
+        product_id=str(product_id),
+        orders=len(group),
+        stored=stored,
+        error=type(unknown.__cause__).__name__,
+    )
+    if stored:
+        _answer(group, unknown.placed)
+    else:
+        await _one_by_one(sessionmaker, product_id, group)
+
+
+def _answer(group: list[_Waiting], placed: list[market_service.PlacedOrder]) -> None:
+    for waiting, one in zip(group, placed, strict=True):
+        if not waiting.placed.done():
+            waiting.placed.set_result(one)
 
 
 async def _one_by_one(

@@ -80,8 +80,9 @@ _BLOCK_COLUMNS: tuple[ColumnClause[Any], ...] = (
     column("blocks"),
     column("blocks_of", ARRAY(Uuid())),
 )
+_SEQUENCES_COLUMN: ColumnClause[Any] = column("sequences", ARRAY(BigInteger()))
 _LOCK_PRODUCT_AND_BOOK = (
-    select(Product, MarketOrder, *_HOLD_COLUMNS, *_BLOCK_COLUMNS)
+    select(Product, MarketOrder, *_HOLD_COLUMNS, *_BLOCK_COLUMNS, _SEQUENCES_COLUMN)
     .from_statement(
         text(
             "SELECT "
@@ -89,13 +90,19 @@ _LOCK_PRODUCT_AND_BOOK = (
             + ", "
             + ", ".join(f"(g.book_order).{c.name}" for c in MarketOrder.__table__.columns)
             + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining,"
-            " g.blocks, g.blocks_of"
-            " FROM market_lock_product_and_book(:id, CAST(:holders AS uuid[])) AS g"
+            " g.blocks, g.blocks_of,"
+            # Projected after the function ran to its end (a PL/pgSQL function's rows are all
+            # made before the first is read), so after the product lock it takes.
+            " CASE WHEN g.ordinality = 1 AND CAST(:reserve AS integer) > 0"
+            "      THEN market_reserve_order_sequences(CAST(:reserve AS integer)) END"
+            " FROM market_lock_product_and_book(:id, CAST(:holders AS uuid[]))"
+            "      WITH ORDINALITY AS g"
         ).columns(
             *Product.__table__.columns,
             *MarketOrder.__table__.columns,
             *_HOLD_COLUMNS,
             *_BLOCK_COLUMNS,
+            _SEQUENCES_COLUMN,
         )
     )
     .execution_options(populate_existing=True)
@@ -140,24 +147,29 @@ class ProductRepository(Repository[Product]):
         return product
 
     async def lock_and_read_book(
-        self, product_id: uuid.UUID, sellers: Sequence[uuid.UUID]
-    ) -> tuple[Product | None, Book, LiveBlocks | None]:
+        self, product_id: uuid.UUID, sellers: Sequence[uuid.UUID], reserve: int = 0
+    ) -> tuple[Product | None, Book, LiveBlocks | None, list[int]]:
         """``lock_and_reload`` (and the product's batch locked after it, migration 0020) and
         ``open_orders_with_credit_holds`` in one round trip (``market_lock_product_and_book``,
         migrations 0021 and 0022), with the live blocks of the book's sellers and of
-        ``sellers``, if it read them."""
+        ``sellers``, if it read them, and ``reserve`` order sequences taken after the lock
+        (migration 0027), rising."""
         product: Product | None = None
         rows: list[tuple[MarketOrder, Any, Any, Any, Any]] = []
         blocks: LiveBlocks | None = None
-        for found, order, *holds, copy, of in await self.session.execute(
-            _LOCK_PRODUCT_AND_BOOK, {"id": product_id, "holders": list(sellers)}
+        reserved: list[int] = []
+        for found, order, *holds, copy, of, sequences in await self.session.execute(
+            _LOCK_PRODUCT_AND_BOOK,
+            {"id": product_id, "holders": list(sellers), "reserve": reserve},
         ):
             product = found
             if order is not None:
                 rows.append((order, *holds))
             if of is not None:
                 blocks = (of, copy or [])
-        return product, _book(rows), blocks
+            if sequences:
+                reserved = list(sequences)
+        return product, _book(rows), blocks, reserved
 
     async def list_all(self) -> Sequence[Product]:
         return (await self.session.execute(select(Product).order_by(Product.code))).scalars().all()

@@ -108,7 +108,7 @@ from app.core.pagination import Page, PageParams
 from app.core.time import utc_now
 from app.db import deferred as deferred_writes
 from app.db.base import new_row
-from app.db.driver import DatabaseRefusal, fetch_rows
+from app.db.driver import CommitOutcomeUnknown, DatabaseRefusal, call_and_commit, fetch_rows
 from app.ledger import service as ledger_service
 from app.ledger.errors import LedgerInvariantViolated
 from app.ledger.models import Account, AccountKind, Hold, HoldStatus
@@ -448,6 +448,16 @@ class PlacedOrder:
     order: MarketOrder
     product: Product
     trades: list[MarketTrade] = field(default_factory=list)
+
+
+class GroupOutcomeUnknown(Exception):
+    """The connection failed while a group's write call and commit were on their way
+    (``place_orders(commit=True)``): the group was placed as ``placed`` if and only if its
+    orders are in the database now."""
+
+    def __init__(self, placed: list[PlacedOrder]) -> None:
+        super().__init__(f"the commit of a group of {len(placed)} orders may have failed")
+        self.placed = placed
 
 
 # --- fees ------------------------------------------------------------------------------
@@ -911,6 +921,7 @@ class _Incoming:
     organization_id: uuid.UUID
     body: OrderCreate
     order_id: uuid.UUID
+    sequence: int | None  # taken with the lock, if it was (``place_orders(sequences=…)``)
     band: tuple[int, int] | None
     events: list[Any]
     fills: list[Trade]
@@ -987,18 +998,24 @@ def _forget_product_id(product_id: uuid.UUID) -> None:
 
 
 async def lock_product_and_read_book(
-    session: AsyncSession, product_id: uuid.UUID, sellers: Sequence[uuid.UUID] = ()
-) -> tuple[Product, Book, LiveBlocks | None]:
+    session: AsyncSession,
+    product_id: uuid.UUID,
+    sellers: Sequence[uuid.UUID] = (),
+    reserve: int = 0,
+) -> tuple[Product, Book, LiveBlocks | None, list[int]]:
     """``lock_product``, then the product's batch lock (a batch product's group settles on
     it: ``place_orders(batch_locked=True)``), and the book as of the locks (the resting orders
     and the sell orders' credit holds, as ``place_orders`` reads them), in one round trip;
     on a batch product, with the live blocks of the book's sellers and of ``sellers`` (the
-    queued sell orders' organisations), unless there are too many of them."""
-    product, book, blocks = await ProductRepository(session).lock_and_read_book(product_id, sellers)
+    queued sell orders' organisations), unless there are too many of them; and ``reserve``
+    sequences for new orders (``place_orders(sequences=…)``), taken after the lock."""
+    product, book, blocks, sequences = await ProductRepository(session).lock_and_read_book(
+        product_id, sellers, reserve
+    )
     if product is None:
         _forget_product_id(product_id)
         raise ProductNotFound("No such product.", product=str(product_id))
-    return product, book, blocks
+    return product, book, blocks, sequences
 
 
 async def place_orders(
@@ -1010,6 +1027,8 @@ async def place_orders(
     batch_locked: bool = False,
     read_book: Book | None = None,
     read_blocks: LiveBlocks | None = None,
+    sequences: Sequence[int] | None = None,
+    commit: bool = False,
 ) -> list[PlacedOrder]:
     """Place orders on one product, in the given order, under one acquisition of its lock, in
     the caller's transaction: what placing them one after the other would do (the same checks,
@@ -1020,7 +1039,15 @@ async def place_orders(
     product as ``lock_product`` returned it in this transaction (the lock is held already);
     ``batch_locked``: with its batch (``lock_product_and_read_book``); ``read_book`` and
     ``read_blocks``: the book and live blocks read with the lock
-    (``lock_product_and_read_book``)."""
+    (``lock_product_and_read_book``); ``sequences``: the new orders' sequences, taken with
+    it, one per order at least.
+
+    ``commit``: the caller began the transaction on the driver (``app.market.group``), and a
+    group whose writes are deferred commits it with its one write call
+    (``app.db.driver.call_and_commit``); otherwise the caller commits. If the connection
+    fails during that call, ``GroupOutcomeUnknown`` raises with the orders as placed."""
+    if sequences is not None and len(sequences) < len(items):
+        raise ValueError(f"{len(items)} orders, {len(sequences)} sequences")
     orders = OrderRepository(session)
     # Read before the lock (it needs no book; the unique constraint backstops a race, below)
     # and refused at its usual place, after the band and call checks.
@@ -1074,7 +1101,7 @@ async def place_orders(
         if len(items) > 1:
             check(body, band, duplicate)
         order_id = new_id()
-        sequence += 1
+        sequence = sequence + 1 if sequences is None else sequences[len(incoming)]
         events = book.submit(
             Order(
                 order_id=order_id,
@@ -1110,6 +1137,7 @@ async def place_orders(
                 organization_id,
                 body,
                 order_id,
+                None if sequences is None else sequence,
                 band,
                 events,
                 fills,
@@ -1213,7 +1241,12 @@ async def place_orders(
             notify += [trade_event(t) for t in placed.trades] + i.levels
         traded = any(p.trades for p in placed_orders)
         if defer:  # every write and the NOTIFY in one call: no flush
-            await _send_group(session, product, resting, notify, traded, lock_in_write)
+            try:
+                await _send_group(
+                    session, product, resting, notify, traded, lock_in_write, commit=commit
+                )
+            except CommitOutcomeUnknown as exc:
+                raise GroupOutcomeUnknown(placed_orders) from exc
             return placed_orders
     if traded:
         _defer_product_write(product)
@@ -1239,6 +1272,8 @@ _GROUP_ROWS = "market.rows"
 # Every column of each row as the model defines it (the order's ``sequence`` is the identity
 # the call assigns): the keys of the JSON objects the call reads its rows from.
 _ORDER_COLUMNS = tuple(c.name for c in MarketOrder.__table__.columns if c.name != "sequence")
+# With the sequences taken with the lock (migration 0027).
+_ORDER_COLUMNS_SEQUENCED = (*_ORDER_COLUMNS, "sequence")
 _CREDIT_HOLD_COLUMNS = tuple(c.name for c in MarketOrderCreditHold.__table__.columns)
 _TRADE_COLUMNS = tuple(c.name for c in MarketTrade.__table__.columns)
 # What a fill or a close changes on a resting order.
@@ -1253,6 +1288,15 @@ _LOCK_AND_GROUP_SQL = (
     "SELECT order_id, order_sequence FROM market_lock_accounts_and_apply_group("
     + ", ".join(f"${i}" for i in range(1, 34))
     + ")"
+)
+# ``market_apply_group``'s parameter types (migration 0017), for ``call_and_commit``; the
+# other's are the accounts' ids and these.
+_GROUP_TYPES = (
+    *("text[]", "uuid[]", "uuid[]", "uuid[]", "text[]", "bigint[]", "uuid[]", "uuid[]"),
+    *("text[]", "text[]", "boolean[]", "timestamp with time zone", "uuid[]", "uuid[]"),
+    *("uuid[]", "uuid[]", "bigint[]", "bigint[]", "text[]", "uuid[]", "uuid[]", "text[]"),
+    *("boolean[]", "jsonb", "jsonb", "jsonb", "jsonb", "uuid", "bigint"),
+    *("timestamp with time zone", "text", "text[]"),
 )
 ACCOUNTS_GONE_SQLSTATE = "TN016"
 
@@ -1292,6 +1336,8 @@ async def _send_group(
     events: list[dict[str, Any]],
     traded: bool,
     lock_accounts: list[uuid.UUID],
+    *,
+    commit: bool = False,
 ) -> None:
     """A deferring group's end: its ledger and block writes, its rows, the resting orders'
     fills, the product's last price and the NOTIFY of ``events``, in one call of
@@ -1300,15 +1346,21 @@ async def _send_group(
     written (the session has nothing left to flush). ``lock_accounts``: the accounts the
     call locks first, by id (0020), when ``lock_settlement`` did not; if one of them does not
     exist, nothing is written, the ids seen are forgotten and ``DatabaseRefusal`` (TN016)
-    raises."""
+    raises.
+
+    ``commit``: the call commits the transaction too, in the same round trip
+    (``call_and_commit``); the orders carry their sequences already (``place_orders``)."""
     writes = deferred_writes.deferred(session)
     assert writes is not None
     rows = writes.caches.pop(_GROUP_ROWS, [])
     orders = [r for r in rows if isinstance(r, MarketOrder)]
     filled = [o for o in resting if inspect(o).modified]
+    sequenced = any(o.sequence is not None for o in orders)
+    if commit and not all(o.sequence is not None for o in orders):
+        raise ValueError("a group that commits with its write call has its sequences already")
     arguments = [
         *deferred_writes.take_arguments(session),
-        _json_rows(orders, _ORDER_COLUMNS),
+        _json_rows(orders, _ORDER_COLUMNS_SEQUENCED if sequenced else _ORDER_COLUMNS),
         _json_rows((r for r in rows if isinstance(r, MarketOrderCreditHold)), _CREDIT_HOLD_COLUMNS),
         _json_rows((r for r in rows if isinstance(r, MarketTrade)), _TRADE_COLUMNS),
         _json_rows(filled, _FILL_COLUMNS),
@@ -1318,7 +1370,28 @@ async def _send_group(
         channel(product.id),
         [_json(e) for e in events],
     ]
+    # Written by the call: nothing is left for the session to flush.
+    for order in filled:
+        for name in _FILL_COLUMNS[1:]:
+            set_committed_value(order, name, getattr(order, name))
+    if traded:
+        _defer_product_write(product)
     try:
+        if commit:
+            # (``dirty`` is every object an attribute was set on; ``is_modified``: to a
+            # new value.)
+            if session.new or session.deleted or any(map(session.is_modified, session.dirty)):
+                raise RuntimeError("the group's session has writes its call would not make")
+            if lock_accounts:
+                await call_and_commit(
+                    session,
+                    "market_lock_accounts_and_apply_group",
+                    ("uuid[]", *_GROUP_TYPES),
+                    [lock_accounts, *arguments],
+                )
+            else:
+                await call_and_commit(session, "market_apply_group", _GROUP_TYPES, arguments)
+            return
         found = await (
             fetch_rows(session, _LOCK_AND_GROUP_SQL, [lock_accounts, *arguments])
             if lock_accounts
@@ -1331,11 +1404,6 @@ async def _send_group(
     sequences = dict(found)
     for order in orders:
         order.sequence = sequences[order.id]
-    for order in filled:
-        for name in _FILL_COLUMNS[1:]:
-            set_committed_value(order, name, getattr(order, name))
-    if traded:
-        _defer_product_write(product)
 
 
 async def _hold_and_settle(
@@ -1422,6 +1490,7 @@ async def _hold_and_settle(
         cash_hold_id=cash_hold_id,
         created_at=now,
         updated_at=now,
+        **({} if incoming.sequence is None else {"sequence": incoming.sequence}),
     )
     _add_rows(
         session,

@@ -242,7 +242,7 @@ async def assert_book_reads_agree(session: AsyncSession) -> None:
     repository = OrderRepository(session)
     for product_id in products:
         # Taken apart at once: the reads below refresh the same objects (identity map).
-        locked, (in_lock, in_lock_holds), blocks = await ProductRepository(
+        locked, (in_lock, in_lock_holds), blocks, _ = await ProductRepository(
             session
         ).lock_and_read_book(product_id, [])
         assert locked is not None

@@ -155,7 +155,7 @@ async def _place_group(
     if not group_locks:
         return await market_service.place_orders(s, product_id, items)
     sellers = sorted({org for org, body in items if body.side == Side.SELL})
-    product, book, blocks = await market_service.lock_product_and_read_book(
+    product, book, blocks, _ = await market_service.lock_product_and_read_book(
         s,
         product_id,
         sellers[: len(sellers) // 2],  # the others: read after matching
@@ -417,3 +417,20 @@ async def test_a_group_that_expires_a_due_order_first_reads_the_blocks_again(
     assert status.scalar_one() == "expired"
     await session.rollback()
     await assert_market_clean(session)
+
+
+async def test_the_group_call_is_written_with_the_functions_own_parameter_types(
+    session: AsyncSession,
+) -> None:
+    """``call_and_commit`` writes each argument cast to the type ``_GROUP_TYPES`` names: the
+    types must be ``market_apply_group``'s own, in order (a wrong one fails the call, or
+    finds no function)."""
+    for function, extra in (
+        ("market_apply_group", ()),
+        ("market_lock_accounts_and_apply_group", ("uuid[]",)),
+    ):
+        arguments = await session.scalar(
+            text(f"SELECT pg_get_function_identity_arguments('{function}'::regproc)")
+        )
+        types = [argument.split(" ", 1)[1] for argument in arguments.split(", ")]
+        assert types == [*extra, *market_service._GROUP_TYPES]

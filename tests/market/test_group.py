@@ -15,6 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from structlog.testing import capture_logs
 
+from app.db.driver import CommitOutcomeUnknown, call_and_commit, driver_transaction
+from app.db.session import create_sessionmaker
 from app.market import group
 from app.market import service as market_service
 from app.market.schemas import OrderCreate
@@ -228,3 +230,89 @@ async def test_orders_arriving_while_another_process_holds_the_lock_go_as_one_gr
     assert groups == [4]
     assert [r.json()["status"] for r in answers] == ["filled"] * 4
     await assert_market_clean(session)
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["answer-lost", "lost-before-commit"])
+async def test_a_group_whose_connection_fails_at_its_commit_is_placed_exactly_once(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    groups: Groups,
+    monkeypatch: pytest.MonkeyPatch,
+    committed: bool,
+) -> None:
+    """The connection fails while the group's write call and commit are on their way, so
+    the group cannot know whether it committed (``GroupOutcomeUnknown``). It looks: if its
+    orders are stored, each is answered as placed; if not, they are placed one by one. Never
+    twice, never lost. (The failure is made after or instead of the real call.)"""
+    m = await market(client, sellers=2, buyers=2)
+    real = call_and_commit
+
+    async def failing(*args: Any, **kwargs: Any) -> None:
+        if committed:
+            await real(*args, **kwargs)
+        raise CommitOutcomeUnknown("connection reset (made by the test)")
+
+    monkeypatch.setattr(market_service, "call_and_commit", failing)
+    groups.clear()
+    sends = [
+        order(client, m.sellers[0], m, "sell", 1_000, 2),
+        order(client, m.buyers[0], m, "buy", 1_000, 1),
+        order(client, m.buyers[1], m, "buy", 1_000, 1),
+        order(client, m.sellers[1], m, "sell", 1_010, 1),
+    ]
+    groups.queued = len(sends) - 1
+    with capture_logs() as logs:
+        answers = await _send_in_order(sends)
+    assert [r.status_code for r in answers] == [201] * len(sends), [r.text for r in answers]
+    unknown = [e for e in logs if e["event"] == "market.group_commit_unknown"]
+    assert [(e["orders"], e["stored"]) for e in unknown] == [(len(sends) - 1, committed)]
+    # The first alone, then the group; placed again one by one only if it was not stored.
+    assert groups == [1, len(sends) - 1] + ([] if committed else [1] * (len(sends) - 1))
+    rows = await session.execute(text("SELECT id, sequence FROM market_orders ORDER BY sequence"))
+    stored = {row.id: row.sequence for row in rows}
+    await session.rollback()
+    assert stored == {uuid.UUID(r.json()["id"]): r.json()["sequence"] for r in answers}
+    assert len(await _trades(session)) == 2
+    await assert_market_clean(session)
+
+
+async def test_a_groups_sequences_are_taken_after_the_product_lock(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The lock call reserves its group's sequences (migration 0027) only once it holds the
+    product lock: above those of every order placed by whoever held the lock before, as
+    inserts' own sequences would be, so time priority follows the lock's order."""
+    m = await market(client, sellers=1, buyers=1)
+    product_id = m.product["id"]
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as holder:
+        await market_service.lock_product(holder, uuid.UUID(product_id))
+
+        async def lock_call() -> list[int]:
+            async with sessionmaker() as session, driver_transaction(session):
+                *_, sequences = await market_service.lock_product_and_read_book(
+                    session, uuid.UUID(product_id), reserve=3
+                )
+                return sequences
+
+        waiting = asyncio.create_task(lock_call())
+        for _ in range(500):  # until the lock call waits for the lock
+            async with engine.connect() as conn:
+                waits = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                )
+            if waits:
+                break
+            await asyncio.sleep(0.01)
+        assert waits == 1
+        # What the holder takes meanwhile (an order's insert would take the same).
+        taken = await holder.scalar(
+            text("SELECT nextval(pg_get_serial_sequence('market_orders', 'sequence'))")
+        )
+        await holder.commit()
+    sequences = await waiting
+    assert len(sequences) == 3
+    assert sequences == sorted(sequences)
+    assert sequences[0] > taken
