@@ -51,7 +51,8 @@ def literal(value: Any, sql_type: str) -> str:
     if sql_type.endswith("[]"):
         if isinstance(value, str | bytes) or not isinstance(value, Sequence):
             raise Unwritable(f"not an array: {type(value).__name__}")
-        return _quoted("{" + ",".join(_element(v) for v in value) + "}") + "::" + sql_type
+        element = _ELEMENTS.get(sql_type[:-2], _element)
+        return _quoted("{" + ",".join(map(element, value)) + "}") + "::" + sql_type
     return _scalar(value) + "::" + sql_type
 
 
@@ -80,10 +81,24 @@ def _element(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, uuid.UUID):
-        return str(value)
+        return _uuid_element(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise Unwritable(f"no array element for {type(value).__name__}")
+
+
+def _uuid_element(value: Any) -> str:
+    """A UUID as its 32 hex digits (PostgreSQL reads them without the hyphens too): several
+    times faster than ``str``, and a group writes hundreds."""
+    if isinstance(value, uuid.UUID):
+        return f"{value.int:032x}"
+    if value is None:
+        return "NULL"
+    raise Unwritable(f"not a UUID: {type(value).__name__}")
+
+
+# The element writer for an array of each type the group's calls pass (others: ``_element``).
+_ELEMENTS = {"uuid": _uuid_element}
 
 
 def _quoted(text: str) -> str:

@@ -101,6 +101,7 @@ async def test_the_call_is_one_statement_with_every_argument_in_place(
         (1.5, "double precision"),
         ("abc", "text[]"),  # a string is not an array
         ([1.5], "bigint[]"),
+        ([uuid.UUID(int=1), "00000000-0000-0000-0000-000000000002"], "uuid[]"),  # a str
     ],
 )
 def test_what_has_no_exact_literal_is_refused(value: Any, sql_type: str) -> None:
