@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.db.driver import (
     CommitOutcomeUnknown,
@@ -19,6 +19,7 @@ from app.db.driver import (
     driver_transaction,
 )
 from app.db.session import create_sessionmaker
+from app.db.url import async_url
 
 WRITE = "tanso_test_write"
 TYPES = ("text", "double precision")
@@ -130,3 +131,27 @@ async def test_it_needs_a_transaction_begun_on_the_driver(engine: AsyncEngine) -
     async with create_sessionmaker(engine)() as session:
         with pytest.raises(RuntimeError, match="driver_transaction"):
             await call_and_commit(session, WRITE, TYPES, ["x", 0.0])
+
+
+async def test_the_pooled_connection_is_transactional_again_afterwards(database_url: str) -> None:
+    """``driver_transaction`` puts the session's connection in autocommit mode for
+    SQLAlchemy; the pool must hand it to the next session transactional again, or that
+    session's statements would each commit alone. One connection in the pool: the same
+    one comes back."""
+    engine = create_async_engine(async_url(database_url), pool_size=1, max_overflow=0)
+    try:
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as session, driver_transaction(session) as driver:
+            first = driver.get_server_pid()
+        async with sessionmaker() as session:
+            await session.execute(text("CREATE TEMP TABLE t (x int)"))
+            await session.execute(text("INSERT INTO t VALUES (1)"))
+            raw = await (await session.connection()).get_raw_connection()
+            assert raw.driver_connection is not None
+            assert raw.driver_connection.get_server_pid() == first
+            assert raw.driver_connection.is_in_transaction()
+            await session.rollback()  # undoes both statements: one transaction
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT to_regclass('pg_temp.t')")) is None
+    finally:
+        await engine.dispose()
