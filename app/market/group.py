@@ -30,12 +30,13 @@ exactly as it would one at a time, then writes, notifies and commits once.
   sent in one call at the end (``app.db.deferred``, see ``app.market.service``): the group's
   time under the lock no longer grows by a round trip per hold, payment and block change.
 - That call also commits (``app.db.driver.call_and_commit``: the call and the COMMIT in one
-  message), so the lock is held for two round trips, not three: the lock call's answer
-  (that call also takes a sequence for each order the group may take, migration 0027: the
-  inserts' own sequences could not be read back) and the write call, with no COMMIT after. The group's
-  transaction is begun on the driver (``driver_transaction``) for that. If the connection
-  fails while that commit is on its way, the group looks whether its orders are stored:
-  answered as placed if so, placed one by one if not (never twice).
+  message), so the lock is held for two round trips, not three: the lock call's answer and
+  the write call, with no COMMIT after. The lock call also takes a sequence for each order
+  the group may take (migration 0027), since a call sent that way returns no rows to read
+  the inserts' own sequences from; the group's transaction is begun on the driver
+  (``driver_transaction``). If the connection fails while that commit is on its way, the
+  group looks whether its orders are stored: answered as placed if so, placed one by one if
+  not (never twice).
 
 Across processes nothing changes: each process's groups queue on the same advisory lock.
 """
