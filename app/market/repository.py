@@ -74,8 +74,8 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
 # The product lock (with the batch's), the book and the sellers' live blocks in one call
 # (migrations 0021, 0022): the product and each resting order as whole rows, spelled column by
 # column in the models' order (the columns are matched by position: the tables' own column
-# order differs); on the first row, the ``offset_live_copy`` rows (as the driver decodes
-# them) of the sellers it read whole.
+# order differs); on the first row only, the product, the ``offset_live_copy`` rows (as the
+# driver decodes them) of the sellers it read whole, and the sequences it reserved (0027).
 _BLOCK_COLUMNS: tuple[ColumnClause[Any], ...] = (
     column("blocks"),
     column("blocks_of", ARRAY(Uuid())),
@@ -86,7 +86,12 @@ _LOCK_PRODUCT_AND_BOOK = (
     .from_statement(
         text(
             "SELECT "
-            + ", ".join(f"(g.product).{c.name}" for c in Product.__table__.columns)
+            # The product on the first row only: spelling a composite's fields out costs a
+            # look-up each, and the ORM would load the product again from every row.
+            + ", ".join(
+                f"CASE WHEN g.ordinality = 1 THEN (g.product).{c.name} END"
+                for c in Product.__table__.columns
+            )
             + ", "
             + ", ".join(f"(g.book_order).{c.name}" for c in MarketOrder.__table__.columns)
             + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining,"
@@ -162,7 +167,8 @@ class ProductRepository(Repository[Product]):
             _LOCK_PRODUCT_AND_BOOK,
             {"id": product_id, "holders": list(sellers), "reserve": reserve},
         ):
-            product = found
+            if found is not None:  # the first row
+                product = found
             if order is not None:
                 rows.append((order, *holds))
             if of is not None:
