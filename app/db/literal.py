@@ -2,9 +2,9 @@
 
 asyncpg sends a statement with arguments as a prepared statement, and waits for its answer
 before it can send anything else: a statement and the COMMIT after it cost two round trips.
-A group of orders holds its product's lock across both (``app.market.group``), and the second
-round trip (with the wait for the worker's event loop to read its answer) was about a sixth
-of that hold. Sent as one simple-query message (``SELECT f(…); COMMIT``), the call and the
+A group of orders holds its product's lock across both (``app.market.group``): in the
+server's log, 1.37 ms passed on average between its write call's end and its COMMIT's start,
+of a hold of about 17 ms. Sent as one simple-query message (``SELECT f(…); COMMIT``), the call and the
 commit take one round trip, but the arguments must then be written into the text.
 
 ``call_sql(function, types, arguments)`` writes each argument as a literal cast to its
@@ -16,7 +16,9 @@ otherwise (the caller then sends the call the usual way):
   a string holding a NUL character (which no PostgreSQL text can hold) is unwritable;
 - arrays as one array literal (``'{…}'::uuid[]``), each text element double-quoted with
   its quotes and backslashes escaped, ``NULL`` unquoted;
-- integers, booleans, UUIDs and timezone-aware datetimes in their canonical text forms.
+- integers (quoted), booleans, UUIDs and timezone-aware datetimes in their canonical text
+  forms, except UUIDs in arrays: 32 hex digits, which PostgreSQL reads too and Python writes
+  three times faster.
 
 There is no other escaping to get wrong: every value ends up inside one quoted literal whose
 only special character is the quote, and the function and types are the caller's constants.
