@@ -301,6 +301,8 @@ async def test_a_groups_sequences_are_taken_after_the_product_lock(
                 waits = await conn.scalar(
                     text(
                         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                        " AND database = (SELECT oid FROM pg_database"
+                        "                  WHERE datname = current_database())"
                     )
                 )
             if waits:
