@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar, cast
@@ -10,7 +11,9 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import MetaData, String, inspect
 from sqlalchemy.dialects.postgresql import TIMESTAMP, UUID
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, make_transient_to_detached, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.types import TypeDecorator
 
 from app.core.ids import new_id
@@ -66,6 +69,43 @@ def new_row(model: type[M], **values: Any) -> M:
         raise TypeError(f"{model.__name__} has no column {sorted(set(values) - keys)}")
     instance = cast(M, manager.new_instance())
     instance.__dict__.update(values)
+    return instance
+
+
+def row_maker(model: type[M], keys: Sequence[str]) -> Callable[[Iterable[Any]], M]:
+    """``new_row`` for many rows of the same columns: a function making ``model``'s instance
+    from the values of ``keys``, in that order (checked once here, not on every row: about
+    1 µs a row instead of ``new_row``'s 3)."""
+    new_row(model, **dict.fromkeys(keys))  # a misspelt key raises here
+    new_instance = inspect(model).class_manager.new_instance
+
+    def make(values: Iterable[Any]) -> M:
+        instance = cast(M, new_instance())
+        instance.__dict__.update(zip(keys, values, strict=True))
+        return instance
+
+    return make
+
+
+def stored_row(session: AsyncSession, instance: M) -> M:
+    """``instance`` (made by ``new_row`` from every column of a row just read, as the database
+    holds it) as the session's persistent instance of that row: what a query with
+    ``populate_existing`` would have loaded, without the ORM's row processing (about 70 µs a
+    row in the order book's read). Attributes set on it afterwards are written by a flush as
+    an UPDATE. If the session has that row already, its instance is brought to these values
+    and returned instead."""
+    mapper = inspect(type(instance))
+    key = mapper.identity_key_from_instance(instance)
+    existing = session.identity_map.get(key)
+    if existing is instance:  # the session's already (a book read through the ORM)
+        return instance
+    if existing is not None:
+        for name, value in instance.__dict__.items():
+            if not name.startswith("_"):
+                set_committed_value(existing, name, value)
+        return cast(M, existing)
+    make_transient_to_detached(instance)
+    session.add(instance)
     return instance
 
 

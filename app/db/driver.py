@@ -33,15 +33,35 @@ class DatabaseRefusal(Exception):
 
 async def scalar_call(session: AsyncSession, sql: str, args: Sequence[Any]) -> Any:
     """The first column of the first row of ``sql`` (``$1``, ``$2``… placeholders)."""
+    rows = await _run(session, sql, args, first=True)
+    return rows[0][0] if rows else None
+
+
+async def fetch_rows(session: AsyncSession, sql: str, args: Sequence[Any]) -> list[Any]:
+    """Every row of ``sql`` (``$1``, ``$2``… placeholders) as the driver decodes it (asyncpg
+    records; before the session's first statement, rows that index the same way): for reads
+    of many rows (an auction close's bids, an order book), where building SQLAlchemy rows
+    costs more than the query, or a call returning rows. A refusal raises
+    ``DatabaseRefusal``."""
+    return await _run(session, sql, args, first=False)
+
+
+async def _run(session: AsyncSession, sql: str, args: Sequence[Any], *, first: bool) -> list[Any]:
     connection = await session.connection()
     driver = (await connection.get_raw_connection()).driver_connection
     if driver is not None and driver.is_in_transaction():
         try:
-            return await driver.fetchval(sql, *args)
+            if first:
+                row = await driver.fetchrow(sql, *args)
+                return [] if row is None else [row]
+            rows: list[Any] = await driver.fetch(sql, *args)
+            return rows
         except asyncpg.PostgresError as exc:
             raise _refusal(exc) from exc
+    # No statement has run yet: SQLAlchemy runs this one, and so begins the transaction.
     try:
-        return (await connection.exec_driver_sql(sql, tuple(args))).scalar()
+        result = await connection.exec_driver_sql(sql, tuple(args))
+        return list(result.fetchmany(1) if first else result.all())
     except DBAPIError as exc:
         orig = exc.orig
         cause = getattr(orig, "__cause__", None)
@@ -50,22 +70,6 @@ async def scalar_call(session: AsyncSession, sql: str, args: Sequence[Any]) -> A
             str(cause or orig or exc),
             getattr(cause, "constraint_name", None),
         ) from exc
-
-
-async def fetch_rows(session: AsyncSession, sql: str, args: Sequence[Any]) -> list[Any]:
-    """Every row of ``sql`` (``$1``, ``$2``… placeholders) as asyncpg records, for reads of
-    tens of thousands of rows (an auction close's bids), where building SQLAlchemy rows costs
-    more than the query, or a call returning rows. The session's transaction must be open (a
-    lock taken before). A refusal raises ``DatabaseRefusal``."""
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    if driver is None or not driver.is_in_transaction():
-        raise RuntimeError("fetch_rows runs inside the session's open transaction")
-    try:
-        rows: list[Any] = await driver.fetch(sql, *args)
-    except asyncpg.PostgresError as exc:
-        raise _refusal(exc) from exc
-    return rows
 
 
 def _refusal(exc: asyncpg.PostgresError) -> DatabaseRefusal:

@@ -6,12 +6,25 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Select, Uuid, bindparam, column, or_, select, text
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    Uuid,
+    bindparam,
+    column,
+    inspect,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.engine import Dialect
 
 from app.core.pagination import Page, PageParams
 from app.core.repository import Repository
+from app.db.base import new_row, row_maker, stored_row
+from app.db.driver import fetch_rows
 from app.market.models import OPEN_STATUSES, MarketOrder, MarketTrade, Product
 
 # The order path's statements, built once: building one (its column comparisons) costs more
@@ -72,46 +85,56 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
     .execution_options(populate_existing=True)
 )
 # The product lock (with the batch's), the book and the sellers' live blocks in one call
-# (migrations 0021, 0022): the product and each resting order as whole rows, spelled column by
-# column in the models' order (the columns are matched by position: the tables' own column
-# order differs); on the first row only, the product, the ``offset_live_copy`` rows (as the
+# (migrations 0021, 0022): the product and each resting order column by column, in the
+# models' order; on the first row only, the product, the ``offset_live_copy`` rows (as the
 # driver decodes them) of the sellers it read whole, and the sequences it reserved (0027).
-_BLOCK_COLUMNS: tuple[ColumnClause[Any], ...] = (
-    column("blocks"),
-    column("blocks_of", ARRAY(Uuid())),
+# Read through the driver (``fetch_rows``): loading every resting order through the ORM cost
+# about 70 µs a row under the product lock, and most of a group touches few of them (see
+# ``lock_and_read_book``).
+_PRODUCT_COLUMNS = tuple(Product.__table__.columns)
+_ORDER_KEYS = tuple(
+    inspect(MarketOrder).get_property_by_column(c).key for c in MarketOrder.__table__.columns
 )
-_SEQUENCES_COLUMN: ColumnClause[Any] = column("sequences", ARRAY(BigInteger()))
+_ORDER_ID = _ORDER_KEYS.index("id")
+_BOOK_ORDER = row_maker(MarketOrder, _ORDER_KEYS)
 _LOCK_PRODUCT_AND_BOOK = (
-    select(Product, MarketOrder, *_HOLD_COLUMNS, *_BLOCK_COLUMNS, _SEQUENCES_COLUMN)
-    .from_statement(
-        text(
-            "SELECT "
-            # The product on the first row only: spelling a composite's fields out costs a
-            # look-up each, and the ORM would load the product again from every row.
-            + ", ".join(
-                f"CASE WHEN g.ordinality = 1 THEN (g.product).{c.name} END"
-                for c in Product.__table__.columns
-            )
-            + ", "
-            + ", ".join(f"(g.book_order).{c.name}" for c in MarketOrder.__table__.columns)
-            + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining,"
-            " g.blocks, g.blocks_of,"
-            # Projected after the function ran to its end (a PL/pgSQL function's rows are all
-            # made before the first is read), so after the product lock it takes.
-            " CASE WHEN g.ordinality = 1 AND CAST(:reserve AS integer) > 0"
-            "      THEN market_reserve_order_sequences(CAST(:reserve AS integer)) END"
-            " FROM market_lock_product_and_book(:id, CAST(:holders AS uuid[]))"
-            "      WITH ORDINALITY AS g"
-        ).columns(
-            *Product.__table__.columns,
-            *MarketOrder.__table__.columns,
-            *_HOLD_COLUMNS,
-            *_BLOCK_COLUMNS,
-            _SEQUENCES_COLUMN,
-        )
+    "SELECT "
+    # The product on the first row only: spelling a composite's fields out costs a look-up
+    # each.
+    + ", ".join(
+        f"CASE WHEN g.ordinality = 1 THEN (g.product).{c.name} END" for c in _PRODUCT_COLUMNS
     )
-    .execution_options(populate_existing=True)
+    + ", "
+    + ", ".join(f"(g.book_order).{c.name}" for c in MarketOrder.__table__.columns)
+    + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining, g.blocks, g.blocks_of,"
+    # Projected after the function ran to its end (a PL/pgSQL function's rows are all made
+    # before the first is read), so after the product lock it takes.
+    " CASE WHEN g.ordinality = 1 AND $3::integer > 0"
+    "      THEN market_reserve_order_sequences($3::integer) END"
+    " FROM market_lock_product_and_book($1::uuid, $2::uuid[]) WITH ORDINALITY AS g"
 )
+# Per dialect, the product's columns' attribute names and what the ORM does to each value read
+# (a ``StringEnum``'s enum, an array's list): the rest come from the driver as the ORM has them.
+_PRODUCT_LOADERS: dict[str, list[tuple[str, Any]]] = {}
+
+
+def _product_values(dialect: Dialect, values: Sequence[Any]) -> dict[str, Any]:
+    loaders = _PRODUCT_LOADERS.get(dialect.name)
+    if loaders is None:
+        mapper = inspect(Product)
+        loaders = _PRODUCT_LOADERS[dialect.name] = [
+            (
+                mapper.get_property_by_column(c).key,
+                c.type.dialect_impl(dialect).result_processor(dialect, None),
+            )
+            for c in _PRODUCT_COLUMNS
+        ]
+    return {
+        key: value if load is None or value is None else load(value)
+        for (key, load), value in zip(loaders, values, strict=True)
+    }
+
+
 _BY_CLIENT_ID = select(MarketOrder).where(
     MarketOrder.organization_id == bindparam("organization_id"),
     MarketOrder.client_order_id == bindparam("client_order_id"),
@@ -158,24 +181,32 @@ class ProductRepository(Repository[Product]):
         ``open_orders_with_credit_holds`` in one round trip (``market_lock_product_and_book``,
         migrations 0021 and 0022), with the live blocks of the book's sellers and of
         ``sellers``, if it read them, and ``reserve`` order sequences taken after the lock
-        (migration 0027), rising."""
-        product: Product | None = None
-        rows: list[tuple[MarketOrder, Any, Any, Any, Any]] = []
-        blocks: LiveBlocks | None = None
-        reserved: list[int] = []
-        for found, order, *holds, copy, of, sequences in await self.session.execute(
-            _LOCK_PRODUCT_AND_BOOK,
-            {"id": product_id, "holders": list(sellers), "reserve": reserve},
-        ):
-            if found is not None:  # the first row
-                product = found
-            if order is not None:
-                rows.append((order, *holds))
-            if of is not None:
-                blocks = (of, copy or [])
-            if sequences:
-                reserved = list(sequences)
-        return product, _book(rows), blocks, reserved
+        (migration 0027), rising.
+
+        The product is the session's (``stored_row``); the resting orders are *not* in the
+        session: each is a new instance with the row's values (``new_row``), which
+        ``stored_row`` makes the session's before anything is set on it (the order path
+        does so for the orders its fills and closes name: ``service.place_orders``)."""
+        rows = await fetch_rows(
+            self.session, _LOCK_PRODUCT_AND_BOOK, [product_id, list(sellers), reserve]
+        )
+
+        if not rows:
+            return None, ([], {}), None, []
+        first = rows[0]
+        products, orders = len(_PRODUCT_COLUMNS), len(_ORDER_KEYS)
+        dialect = (await self.session.connection()).dialect
+        product = stored_row(
+            self.session, new_row(Product, **_product_values(dialect, first[:products]))
+        )
+        book: list[tuple[MarketOrder, Any, Any, Any, Any]] = []
+        holds = products + orders
+        for row in rows:
+            if row[products + _ORDER_ID] is not None:  # none: no resting order, one row
+                book.append((_BOOK_ORDER(row[products:holds]), *row[holds : holds + 4]))
+        copy, of, sequences = first[products + orders + 4 :]
+        blocks = None if of is None else (of, copy or [])
+        return product, _book(book), blocks, list(sequences or [])
 
     async def list_all(self) -> Sequence[Product]:
         return (await self.session.execute(select(Product).order_by(Product.code))).scalars().all()

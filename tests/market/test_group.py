@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from structlog.testing import capture_logs
 
@@ -318,3 +318,49 @@ async def test_a_groups_sequences_are_taken_after_the_product_lock(
     assert len(sequences) == 3
     assert sequences == sorted(sequences)
     assert sequences[0] > taken
+
+
+@pytest.mark.parametrize("placed", [[1], [1, 2]], ids=["alone-flushed", "then-a-group-deferred"])
+async def test_the_book_is_read_outside_the_session_and_the_orders_filled_are_written(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    groups: Groups,
+    placed: list[int],
+) -> None:
+    """The lock call's resting orders are not the session's (loading them through the ORM cost
+    more than the rest of the read); only those a group's fills and closes name become its,
+    and their fills are written, by a flush (an order alone) or by the group's write call."""
+    m = await market(client, sellers=3, buyers=3)
+    sells = []
+    for seller in m.sellers:
+        r = await order(client, seller, m, "sell", 1_000, 1)
+        assert r.status_code == 201, r.text
+        sells.append(r.json()["id"])
+    product_id = uuid.UUID(m.product["id"])
+    async with create_sessionmaker(engine)() as reader, driver_transaction(reader):
+        product, (resting, _), _, _ = await market_service.lock_product_and_read_book(
+            reader, product_id
+        )
+        assert product is not None
+        assert product in reader
+        assert [str(o.id) for o in resting] == sells
+        assert all(inspect(o).transient for o in resting)
+
+    buys = sum(placed)
+    groups.clear()
+    groups.queued = buys - 1
+    answers = await _send_in_order(
+        [order(client, m.buyers[i], m, "buy", 1_000, 1) for i in range(buys)]
+    )
+    assert [r.status_code for r in answers] == [201] * buys
+    assert groups == placed
+    stored = dict(
+        (
+            await session.execute(
+                text("SELECT id::text, status FROM market_orders WHERE side = 'sell'")
+            )
+        ).all()
+    )
+    assert [stored[s] for s in sells] == ["filled"] * buys + ["open"] * (3 - buys)
+    await assert_market_clean(session)
