@@ -19,6 +19,7 @@ and registry checkers find nothing.
     .venv/bin/python -m bench.orders            # full size, about a minute
     .venv/bin/python -m bench.orders --quick    # a few seconds (--clients N: fewer)
     .venv/bin/python -m bench.orders --groups   # and how the product lock was held
+    .venv/bin/python -m bench.orders --depth 2000   # with 2,000 orders resting all along
 
 ``--groups`` runs the server with ``app.market.group`` at DEBUG and reads its
 ``market.group_placed`` lines: how many groups each worker placed and their sizes (the kernel
@@ -26,11 +27,17 @@ splits the 32 connections between the two workers as it likes, and the split mov
 figure), the share of the orders phase the lock was held (from each lock call's answer to its
 commit's), the hold fitted as F + c·n for a group of n orders, and how deep the book each
 group read was (the whole book is read and rebuilt for every group).
+
+``--depth N`` rests N orders before the phases, half buys below the price and half sells above
+it, which the run's orders never reach: the cost of a deep book to every group (it is read
+and rebuilt whole under the product lock), beside the default run's shallow one (its own
+orders only, which rest or fill at the one price).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import tempfile
@@ -61,6 +68,9 @@ PRICE = 1_000  # JPY per t-CO2e: every order at this price, so each one crosses 
 CREDITS_PER_SELLER = 20_000
 CASH_PER_BUYER = CREDITS_PER_SELLER * PRICE
 PRODUCT = "JCR-BENCH-ORDERS"
+# ``--depth``: the first seller's credits and the first buyer's cash cover this many resting
+# orders besides the run's own.
+MAX_DEPTH = 10_000
 
 
 async def _member(c: httpx.AsyncClient, admin: dict[str, str], name: str) -> tuple[str, str]:
@@ -153,6 +163,26 @@ async def prepare(server: Served, clients: int) -> list[dict[str, str]]:
             )
         )
     return [_bearer(key) for _, key in members]
+
+
+async def rest_depth(server: Served, keys: list[dict[str, str]], depth: int) -> None:
+    """``depth`` orders that rest through the whole run, half buys below ``PRICE`` (by the
+    first buyer) and half sells above it (by the first seller), on 50 price levels a side:
+    the orders at ``PRICE`` never reach them, so the book every group reads is that deep."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as c:
+
+        async def rest(i: int) -> None:
+            side, away = ("buy", -1) if i % 2 == 0 else ("sell", 1)
+            body = {
+                "product": PRODUCT,
+                "side": side,
+                "price": PRICE + away * (1 + i // 2 % 50),
+                "quantity": 1,
+            }
+            check(await c.post("/v1/orders", json=body, headers=keys[i % 2]))
+
+        for start in range(0, depth, 16):
+            await asyncio.gather(*(rest(i) for i in range(start, min(start + 16, depth))))
 
 
 # Each query returns the ids of what breaks its rule (none when all is well).
@@ -301,9 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--groups", action="store_true", help="report how the product lock was held (module doc)"
     )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=0,
+        help="orders resting away from the price all run long (module doc); 0 by default",
+    )
     args = parser.parse_args(argv)
     if args.clients < 2 or args.clients % 2:
         parser.error("--clients must be an even number >= 2")
+    if not 0 <= args.depth <= MAX_DEPTH:
+        parser.error(f"--depth must be between 0 and {MAX_DEPTH}")
     setup_logging()
     with tempfile.TemporaryFile() as log:
         return _run(args, log if args.groups else None)
@@ -319,6 +357,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
 
             async def run() -> dict[str, Any]:
                 keys = await prepare(server, clients)
+                await rest_depth(server, keys, args.depth)
 
                 async def health(c: Connection, worker: int, i: int) -> tuple[int, bytes]:
                     return await c.request("GET", "/health")
@@ -347,7 +386,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
                     "limit orders", server.base_url, clients, seconds, place
                 )
                 window.append(datetime.now(UTC))
-                acknowledged = warm_statuses.get(201, 0) + statuses.get(201, 0)
+                acknowledged = args.depth + warm_statuses.get(201, 0) + statuses.get(201, 0)
                 return {
                     "baseline": baseline,
                     "orders": orders,
@@ -391,6 +430,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
             "p99_ms": orders.latency_ms(99),
             "trades": stored["trades"],
             "clients": clients,
+            "depth": args.depth,
             "goal": ">= 1000 orders/s, p99 < 50 ms, ratio >= 0.25",
             "server": settings,
             **({"groups": groups} if groups is not None else {}),
