@@ -12,7 +12,9 @@ exactly as it would one at a time, then writes, notifies and commits once.
   with a queue) takes the product lock, *then* takes what waits in the queue (up to
   ``MAX_GROUP``) as the group, places it in its own session and commits, and starts again
   while anything waits. Taking the lock first means the group holds every order that arrived
-  while other processes held the lock; an order alone still goes at once. (The order route
+  while other processes held the lock (as far as the part of the book its lock call read
+  covers them: ``app.market.reach``; one that needs more waits for the next group, with
+  those behind it); an order alone still goes at once. (The order route
   has no request session: the group's commit is the one that counts, and each request's
   answer waits for it, so an acknowledged order is committed.)
 - A group is all or nothing: if any of its orders is refused (a shortfall, a post-only that
@@ -56,6 +58,7 @@ from app.db.session import SessionMaker, session_scope
 from app.market import service as market_service
 from app.market.matching import Side
 from app.market.models import MarketOrder, TradingMode
+from app.market.reach import Reach
 from app.market.schemas import OrderCreate
 
 log = structlog.get_logger()
@@ -123,9 +126,24 @@ async def _drain(sessionmaker: SessionMaker, product_id: uuid.UUID) -> None:
                 waiting.placed.cancel()
 
 
-def _take(queue: list[_Waiting]) -> list[_Waiting]:
-    group = [w for w in queue[:MAX_GROUP] if not w.placed.done()]  # done: cancelled
-    del queue[:MAX_GROUP]
+def _reach(queue: list[_Waiting]) -> Reach:
+    """What of the book the orders that would be taken now can touch."""
+    return Reach.of((w.body.side, w.body.price) for w in queue[:MAX_GROUP])
+
+
+def _take(queue: list[_Waiting], reach: Reach | None = None) -> list[_Waiting]:
+    """The group: the queue's first orders (up to ``MAX_GROUP``), as far as ``reach`` (what
+    the lock call read) covers them; the first it does not, and those behind it, wait for
+    the next group, in their order."""
+    taken = 0
+    for waiting in queue[:MAX_GROUP]:
+        if reach is not None and not reach.covers(waiting.body.side, waiting.body.price):
+            break
+        taken += 1
+    if queue and not taken:  # the first was queued when the reach was worked out
+        raise RuntimeError("the lock call's reach does not cover the first queued order")
+    group = [w for w in queue[:taken] if not w.placed.done()]  # done: cancelled
+    del queue[:taken]
     return group
 
 
@@ -139,17 +157,19 @@ async def _place_next(
     try:
         async with sessionmaker() as session, driver_transaction(session) as driver:
             # With its batch (a batch product's group settles on it), the book as of the lock
-            # and the live blocks of its sellers as far as they are known (the book's, and
-            # the queued sell orders'), and a sequence for each order it may take, in one
-            # round trip.
+            # (the part of it the queued orders can reach: ``app.market.reach``) and the live
+            # blocks of its sellers as far as they are known (the book's, and the queued sell
+            # orders'), and a sequence for each order it may take, in one round trip.
+            reach = _reach(queue)
             product, book, blocks, sequences = await market_service.lock_product_and_read_book(
                 session,
                 product_id,
                 sorted({w.organization_id for w in queue if w.body.side == Side.SELL}),
                 reserve=MAX_GROUP,
+                reach=reach,
             )
             answered = time.perf_counter()
-            group = _take(queue)
+            group = _take(queue, reach)
             if not group:
                 return
             placed = await market_service.place_orders(

@@ -153,6 +153,15 @@ class MarketOrder(IdMixin, TimestampMixin, Base):
         CheckConstraint("(time_in_force = 'gtd') = (expires_at IS NOT NULL)", name="expires_at"),
         UniqueConstraint("organization_id", "client_order_id"),
         Index("ix_market_orders_product_id_status", "product_id", "status"),
+        # The book by side and price (migration 0028): a group's lock call reads two ranges
+        # of it (``app.market.reach``), however deep the book is.
+        Index(
+            "ix_market_orders_book",
+            "product_id",
+            "side",
+            "price",
+            postgresql_where=text("status = 'open' OR status = 'partially_filled'"),
+        ),
         # The expiry task's scan: open GTD orders by expiry.
         Index(
             "ix_market_orders_expires_at_open_gtd",

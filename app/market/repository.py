@@ -26,6 +26,7 @@ from app.core.repository import Repository
 from app.db.base import new_row, row_maker, stored_row
 from app.db.driver import fetch_rows
 from app.market.models import OPEN_STATUSES, MarketOrder, MarketTrade, Product
+from app.market.reach import Reach
 
 # The order path's statements, built once: building one (its column comparisons) costs more
 # Python than running it, and these run on every order.
@@ -111,7 +112,8 @@ _LOCK_PRODUCT_AND_BOOK = (
     # before the first is read), so after the product lock it takes.
     " CASE WHEN g.ordinality = 1 AND $3::integer > 0"
     "      THEN market_reserve_order_sequences($3::integer) END"
-    " FROM market_lock_product_and_book($1::uuid, $2::uuid[]) WITH ORDINALITY AS g"
+    " FROM market_lock_product_and_book($1::uuid, $2::uuid[], $4::boolean, $5::bigint,"
+    "      $6::boolean, $7::bigint) WITH ORDINALITY AS g"
 )
 # Per dialect, the product's columns' attribute names and what the ORM does to each value read
 # (a ``StringEnum``'s enum, an array's list): the rest come from the driver as the ORM has them.
@@ -175,20 +177,37 @@ class ProductRepository(Repository[Product]):
         return product
 
     async def lock_and_read_book(
-        self, product_id: uuid.UUID, sellers: Sequence[uuid.UUID], reserve: int = 0
+        self,
+        product_id: uuid.UUID,
+        sellers: Sequence[uuid.UUID],
+        reserve: int = 0,
+        reach: Reach | None = None,
     ) -> tuple[Product | None, Book, LiveBlocks | None, list[int]]:
         """``lock_and_reload`` (and the product's batch locked after it, migration 0020) and
         ``open_orders_with_credit_holds`` in one round trip (``market_lock_product_and_book``,
         migrations 0021 and 0022), with the live blocks of the book's sellers and of
         ``sellers``, if it read them, and ``reserve`` order sequences taken after the lock
-        (migration 0027), rising.
+        (migration 0027), rising. ``reach``: only the resting orders within it
+        (``app.market.reach``, migration 0028); by default, all.
 
         The product is the session's (``stored_row``); the resting orders are *not* in the
         session: each is a new instance with the row's values (``new_row``), which
         ``stored_row`` makes the session's before anything is set on it (the order path
         does so for the orders its fills and closes name: ``service.place_orders``)."""
+        whole = Reach(asks_all=True, bids_all=True)
+        r = reach or whole
         rows = await fetch_rows(
-            self.session, _LOCK_PRODUCT_AND_BOOK, [product_id, list(sellers), reserve]
+            self.session,
+            _LOCK_PRODUCT_AND_BOOK,
+            [
+                product_id,
+                list(sellers),
+                reserve,
+                r.asks_all,
+                r.asks_to,
+                r.bids_all,
+                r.bids_from,
+            ],
         )
 
         if not rows:

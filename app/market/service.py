@@ -70,12 +70,13 @@ the orders that queue in one process.
 Holds cannot be taken before the product lock: a hold locks the owner's accounts until
 commit, and the transaction holding the product lock may need those accounts to settle a fill
 against that owner's resting order, a deadlock. Rebuilding the book costs O(open orders of the
-product) per lock acquisition: acceptable at this scale; an in-process cache of the book with
-a version check is the next step there. To keep that cost small, a group's lock call reads the
-book through the driver (``ProductRepository.lock_and_read_book``): the resting orders are
-plain instances outside the session, and only those its fills and closes name are made the
-session's (``stored_row``) before anything is set on them, so a flush or the group's write
-call writes exactly those.
+product) per lock acquisition. A group (``app.market.group``) reads only the part of the book
+its orders can reach (``app.market.reach``, migration 0028), through the driver
+(``ProductRepository.lock_and_read_book``): the resting orders are plain instances outside the
+session, and only those its fills and closes name are made the session's (``stored_row``)
+before anything is set on them, so a flush or the group's write call writes exactly those.
+An order placed alone (the one-by-one path, an ``Idempotency-Key`` request) still reads it
+whole; an in-process cache of the book with a version check is the next step there.
 
 In a group of orders on a batch product, the holds, payments, fees and serial-block changes
 are not sent one by one: ``app.db.deferred`` records them in order while the group is placed
@@ -156,6 +157,7 @@ from app.market.models import (
     Product,
     TradingMode,
 )
+from app.market.reach import Reach
 from app.market.repository import (
     Book,
     LiveBlocks,
@@ -1013,15 +1015,18 @@ async def lock_product_and_read_book(
     product_id: uuid.UUID,
     sellers: Sequence[uuid.UUID] = (),
     reserve: int = 0,
+    reach: Reach | None = None,
 ) -> tuple[Product, Book, LiveBlocks | None, list[int]]:
     """``lock_product``, then the product's batch lock (a batch product's group settles on
     it: ``place_orders(batch_locked=True)``), and the book as of the locks (the resting orders
     and the sell orders' credit holds, as ``place_orders`` reads them), in one round trip;
     on a batch product, with the live blocks of the book's sellers and of ``sellers`` (the
     queued sell orders' organisations), unless there are too many of them; and ``reserve``
-    sequences for new orders (``place_orders(sequences=…)``), taken after the lock."""
+    sequences for new orders (``place_orders(sequences=…)``), taken after the lock.
+    ``reach``: the book is only the resting orders orders within it can touch
+    (``app.market.reach``); the orders then placed must be covered by it."""
     product, book, blocks, sequences = await ProductRepository(session).lock_and_read_book(
-        product_id, sellers, reserve
+        product_id, sellers, reserve, reach
     )
     if product is None:
         _forget_product_id(product_id)

@@ -96,3 +96,53 @@ async def test_the_book_is_read_from_the_resting_orders_only(
     finally:
         await connection.close()
     assert max(read.values()) <= READ_AT_MOST, read
+
+
+RESTING_AWAY = 2_000
+
+
+async def test_a_groups_lock_call_reads_its_reach_only_however_deep_the_book(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """Planned on a book of two orders, the call with a reach (migration 0028) reads only the
+    orders within it once 2,000 more rest outside it (``ix_market_orders_book``: two ranges
+    by side and price), and the sellers it reads blocks for are those within it."""
+    m = await market(client, sellers=2, buyers=2)
+    for side, org, price in [("sell", m.sellers[0], 1_010), ("buy", m.buyers[0], 990)]:
+        r = await order(client, org, m, side, price, 1)
+        assert r.status_code == 201, r.text
+    product = uuid.UUID(m.product["id"])
+    away = uuid.UUID(m.sellers[1].id)
+    call = (
+        "SELECT count(book_order), max(cardinality(blocks_of))"
+        " FROM market_lock_product_and_book($1, '{}'::uuid[], false, 1010, false, 990)"
+    )
+    connection = await asyncpg.connect(libpq_url(database_url))
+    try:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            await forget_statistics(
+                connection, ["market_orders", "market_order_credit_holds", "ledger_holds"]
+            )
+            for _ in range(6):  # planned on the small book (generic plans after five runs)
+                assert tuple(await connection.fetchrow(call, product)) == (2, 1)
+            await connection.execute(
+                "INSERT INTO market_orders (id, product_id, organization_id, side, type, price,"
+                "  quantity, filled_quantity, filled_amount, status, time_in_force, post_only,"
+                "  created_at, updated_at)"
+                " SELECT gen_random_uuid(), $1, $2, 'sell', 'limit', 1100 + g % 50, 1, 0, 0,"
+                "        'open', 'gtc', false, now(), now()"
+                "   FROM generate_series(1, $3::int) AS g",
+                product,
+                away,
+                RESTING_AWAY,
+            )
+            before = int(await connection.fetchval(_READS))
+            assert tuple(await connection.fetchrow(call, product)) == (2, 1)
+            read = int(await connection.fetchval(_READS)) - before
+        finally:
+            await transaction.rollback()
+    finally:
+        await connection.close()
+    assert read <= READ_AT_MOST, read

@@ -355,12 +355,55 @@ async def test_the_book_is_read_outside_the_session_and_the_orders_filled_are_wr
     )
     assert [r.status_code for r in answers] == [201] * buys
     assert groups == placed
-    stored = dict(
-        (
-            await session.execute(
-                text("SELECT id::text, status FROM market_orders WHERE side = 'sell'")
-            )
-        ).all()
+    rows = await session.execute(
+        text("SELECT id::text, status FROM market_orders WHERE side = 'sell'")
     )
+    stored = {str(row[0]): str(row[1]) for row in rows}
     assert [stored[s] for s in sells] == ["filled"] * buys + ["open"] * (3 - buys)
+    await assert_market_clean(session)
+
+
+async def test_an_order_beyond_what_the_lock_call_read_waits_for_the_next_group(
+    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine, groups: Groups
+) -> None:
+    """The lock call reads the part of the book its queued orders can reach
+    (``app.market.reach``): an order that arrives while the lock is awaited and needs more
+    (here a sell below the window the first buy opened) waits for the next group, and so do
+    the orders behind it, in their order."""
+    m = await market(client, sellers=1, buyers=2)
+    product_id = m.product["id"]
+    groups.clear()
+    async with engine.connect() as other:
+        await other.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('market:' || :p, 0))"),
+            {"p": product_id},
+        )
+        first = asyncio.ensure_future(order(client, m.buyers[0], m, "buy", 1_000, 1))
+        for _ in range(500):  # until its lock call waits for the lock
+            waits = await other.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    "                  WHERE datname = current_database())"
+                )
+            )
+            if waits:
+                break
+            await asyncio.sleep(0.01)
+        assert waits == 1
+        later = []
+        for side, org, price in [("sell", m.sellers[0], 990), ("buy", m.buyers[1], 1_000)]:
+            later.append(asyncio.ensure_future(order(client, org, m, side, price, 1)))
+            for _ in range(500):  # until it waits in the queue, in this order
+                if len(group._queues.get(uuid.UUID(product_id), [])) == len(later) + 1:
+                    break
+                await asyncio.sleep(0.01)
+        await other.rollback()  # releases the lock
+    answers = [await first, *await asyncio.gather(*later)]
+    assert [r.status_code for r in answers] == [201] * 3, [r.text for r in answers]
+    assert groups == [1, 2]
+    # Answered as placed: the first buy rested; the sell, in the next group, filled against it.
+    assert [r.json()["status"] for r in answers] == ["open", "filled", "open"]
+    trades = answers[1].json()["trades"]
+    assert [(t["price"], t["liquidity"]) for t in trades] == [(1_000, "taker")]
     await assert_market_clean(session)
