@@ -276,6 +276,24 @@ async def test_a_group_whose_connection_fails_at_its_commit_is_placed_exactly_on
     await assert_market_clean(session)
 
 
+async def _until_a_lock_call_waits(engine: AsyncEngine) -> None:
+    """Until one advisory lock is awaited in the test's own database (another xdist worker's
+    database may have its own), for 5 s at most."""
+    for _ in range(500):
+        async with engine.connect() as conn:
+            waits = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    "                  WHERE datname = current_database())"
+                )
+            )
+        if waits:
+            break
+        await asyncio.sleep(0.01)
+    assert waits == 1
+
+
 async def test_a_groups_sequences_are_taken_after_the_product_lock(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
@@ -296,19 +314,7 @@ async def test_a_groups_sequences_are_taken_after_the_product_lock(
                 return sequences
 
         waiting = asyncio.create_task(lock_call())
-        for _ in range(500):  # until the lock call waits for the lock
-            async with engine.connect() as conn:
-                waits = await conn.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                        " AND database = (SELECT oid FROM pg_database"
-                        "                  WHERE datname = current_database())"
-                    )
-                )
-            if waits:
-                break
-            await asyncio.sleep(0.01)
-        assert waits == 1
+        await _until_a_lock_call_waits(engine)
         # What the holder takes meanwhile (an order's insert would take the same).
         taken = await holder.scalar(
             text("SELECT nextval(pg_get_serial_sequence('market_orders', 'sequence'))")
@@ -379,18 +385,7 @@ async def test_an_order_beyond_what_the_lock_call_read_waits_for_the_next_group(
             {"p": product_id},
         )
         first = asyncio.ensure_future(order(client, m.buyers[0], m, "buy", 1_000, 1))
-        for _ in range(500):  # until its lock call waits for the lock
-            waits = await other.scalar(
-                text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                    " AND database = (SELECT oid FROM pg_database"
-                    "                  WHERE datname = current_database())"
-                )
-            )
-            if waits:
-                break
-            await asyncio.sleep(0.01)
-        assert waits == 1
+        await _until_a_lock_call_waits(engine)
         later = []
         for side, org, price in [("sell", m.sellers[0], 990), ("buy", m.buyers[1], 1_000)]:
             later.append(asyncio.ensure_future(order(client, org, m, side, price, 1)))
