@@ -224,8 +224,9 @@ def _compare(
 
     check()
     # The examples reached both outcomes and several refusals (a test that only ever
-    # refused would prove little).
-    assert seen.get("written", 0) >= 10, seen
+    # refused would prove little). How many are written varies from run to run (9 to 35 of
+    # the 150 in six runs): 10 as the floor failed one run in several.
+    assert seen.get("written", 0) >= 3, seen
     assert len(seen) >= 4, seen
 
 
