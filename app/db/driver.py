@@ -61,7 +61,10 @@ async def _run(session: AsyncSession, sql: str, args: Sequence[Any], *, first: b
     # No statement has run yet: SQLAlchemy runs this one, and so begins the transaction.
     try:
         result = await connection.exec_driver_sql(sql, tuple(args))
-        return list(result.fetchmany(1) if first else result.all())
+        if first:
+            row = result.first()
+            return [] if row is None else [row]
+        return list(result.all())
     except DBAPIError as exc:
         orig = exc.orig
         cause = getattr(orig, "__cause__", None)

@@ -182,6 +182,7 @@ async def _place_next(
                 read_blocks=blocks,
                 sequences=sequences,
                 commit=True,
+                reach=reach,
             )
             written = time.perf_counter()
             if driver.is_in_transaction():  # nothing deferred: its write call did not commit

@@ -1023,8 +1023,9 @@ async def lock_product_and_read_book(
     on a batch product, with the live blocks of the book's sellers and of ``sellers`` (the
     queued sell orders' organisations), unless there are too many of them; and ``reserve``
     sequences for new orders (``place_orders(sequences=…)``), taken after the lock.
-    ``reach``: the book is only the resting orders orders within it can touch
-    (``app.market.reach``); the orders then placed must be covered by it."""
+    ``reach``: only the part of the book that orders within it can touch
+    (``app.market.reach``); ``place_orders`` then takes the same ``reach`` and refuses
+    orders it does not cover."""
     product, book, blocks, sequences = await ProductRepository(session).lock_and_read_book(
         product_id, sellers, reserve, reach
     )
@@ -1045,6 +1046,7 @@ async def place_orders(
     read_blocks: LiveBlocks | None = None,
     sequences: Sequence[int] | None = None,
     commit: bool = False,
+    reach: Reach | None = None,
 ) -> list[PlacedOrder]:
     """Place orders on one product, in the given order, under one acquisition of its lock, in
     the caller's transaction: what placing them one after the other would do (the same checks,
@@ -1056,7 +1058,9 @@ async def place_orders(
     ``batch_locked``: with its batch (``lock_product_and_read_book``); ``read_book`` and
     ``read_blocks``: the book and live blocks read with the lock
     (``lock_product_and_read_book``); ``sequences``: the new orders' sequences, taken with
-    it, one per order at least.
+    it, one per order at least; ``reach``: the part of the book ``read_book`` is (every order
+    must be covered by it: matched against a part of the book that leaves out what it can
+    touch, an order would trade wrongly).
 
     ``commit``: the caller began the transaction on the driver (``app.market.group``), and a
     group whose writes are deferred commits it with its one write call
@@ -1064,6 +1068,8 @@ async def place_orders(
     fails during that call, ``GroupOutcomeUnknown`` raises with the orders as placed."""
     if sequences is not None and len(sequences) < len(items):
         raise ValueError(f"{len(items)} orders, {len(sequences)} sequences")
+    if reach is not None and not all(reach.covers(b.side, b.price) for _, b in items):
+        raise ValueError("an order reaches beyond the part of the book read")
     orders = OrderRepository(session)
     # Read before the lock (it needs no book; the unique constraint backstops a race, below)
     # and refused at its usual place, after the band and call checks.

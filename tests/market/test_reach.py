@@ -4,7 +4,8 @@ The property: a group of orders matched against only the resting orders its reac
 gives exactly the events it gives against the whole book, and leaves every price level it
 touches (its orders' own, its makers') with the same orders; and an order the reach covers
 (one that arrived while the lock was awaited) can join the group on the same terms. Then the
-database reads exactly the orders ``Reach.reads`` names.
+database reads exactly the orders ``Reach.reads`` names, and ``place_orders`` refuses an order
+its reach does not cover.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,6 +31,7 @@ from app.market.matching import (
     Trade,
 )
 from app.market.reach import Reach
+from app.market.schemas import OrderCreate
 from tests.market.helpers import market, order
 
 BAND = (900, 1_100)
@@ -180,3 +183,31 @@ async def test_the_lock_call_reads_exactly_what_the_reach_reads(
         expected = {i for i, (side, price) in placed.items() if reach.reads(side, price)}
         assert {str(o.id) for o in resting} == expected, reach
     assert len(expected) == len(placed)  # the last reads the whole book
+
+
+async def test_an_order_beyond_the_part_of_the_book_read_is_refused(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """``place_orders`` never matches an order against a part of the book that leaves out
+    what the order can touch: given the reach the book was read with, it refuses one it does
+    not cover, before anything is written."""
+    m = await market(client, sellers=1, buyers=1)
+    product_id = uuid.UUID(m.product["id"])
+    reach = Reach.of([(Side.BUY, 1_000)])
+    beyond = OrderCreate(product=m.code, side=Side.SELL, price=990, quantity=1)
+    async with create_sessionmaker(engine)() as session, driver_transaction(session):
+        product, book, blocks, sequences = await market_service.lock_product_and_read_book(
+            session, product_id, reserve=2, reach=reach
+        )
+        with pytest.raises(ValueError, match="beyond the part of the book read"):
+            await market_service.place_orders(
+                session,
+                product_id,
+                [(uuid.UUID(m.sellers[0].id), beyond)],
+                locked=product,
+                batch_locked=True,
+                read_book=book,
+                read_blocks=blocks,
+                sequences=sequences,
+                reach=reach,
+            )
