@@ -12,6 +12,7 @@ so that pattern would never exercise them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import tempfile
@@ -28,7 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 os.environ["TANSO_ADMIN_KEY"] = ADMIN_KEY
 os.environ["TANSO_ENVIRONMENT"] = "test"
-_DATA_DIR = tempfile.mkdtemp(prefix="tanso-test-data-")  # removed when the run ends
+_DATA_DIR = tempfile.mkdtemp(prefix="tanso-test-data-")
+# Removed when this process ends, however it was imported (by pytest, or by a script that
+# uses the fixtures' helpers: there ``pytest_unconfigure`` never runs).
+atexit.register(shutil.rmtree, _DATA_DIR, ignore_errors=True)
 os.environ["TANSO_DATA_DIR"] = _DATA_DIR
 os.environ.pop("TANSO_DATABASE__URL", None)
 os.environ.pop("DATABASE_URL", None)
