@@ -60,6 +60,7 @@ _HOLD_COLUMNS = (
     column("hold_ids", ARRAY(Uuid())),
     column("hold_remaining", ARRAY(BigInteger)),
 )
+_OPEN = " OR ".join(f"status = '{status.value}'" for status in OPEN_STATUSES)
 _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
     select(MarketOrder, *_HOLD_COLUMNS)
     .from_statement(
@@ -67,7 +68,15 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
             "SELECT "
             + ", ".join(f"o.{c.name}" for c in MarketOrder.__table__.columns)
             + ", h.hold_positions, h.hold_batches, h.hold_ids, h.hold_remaining"
-            " FROM market_orders o"
+            # The resting orders within a reach (``app.market.reach``), each side one range
+            # of ``ix_market_orders_book`` (migration 0028), as the group's lock call reads.
+            " FROM (SELECT * FROM market_orders"
+            "        WHERE product_id = :product_id AND (" + _OPEN + ")"
+            "          AND side = 'sell' AND price <= :asks_to"
+            "       UNION ALL"
+            "       SELECT * FROM market_orders"
+            "        WHERE product_id = :product_id AND (" + _OPEN + ")"
+            "          AND side = 'buy' AND price >= :bids_from) o"
             " LEFT JOIN LATERAL ("
             "  SELECT array_agg(c.position ORDER BY c.position) AS hold_positions,"
             "         array_agg(c.batch_id ORDER BY c.position) AS hold_batches,"
@@ -78,9 +87,7 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
             "   WHERE c.order_id = o.id AND o.side = 'sell'"
             "     AND l.status = 'active' AND l.remaining > 0"
             " ) h ON true"
-            " WHERE o.product_id = :product_id AND ("
-            + " OR ".join(f"o.status = '{status.value}'" for status in OPEN_STATUSES)
-            + ") ORDER BY o.sequence"
+            " ORDER BY o.sequence"
         ).columns(*MarketOrder.__table__.columns, *_HOLD_COLUMNS)
     )
     .execution_options(populate_existing=True)
@@ -116,6 +123,21 @@ _LOCK_PRODUCT_AND_BOOK = (
     " FROM market_lock_product_and_book($1::uuid, $2::uuid[], $4::boolean, $5::bigint,"
     "      $6::boolean, $7::bigint) WITH ORDINALITY AS g"
 )
+
+
+def _bounds(reach: Reach) -> tuple[int | None, int | None]:
+    """The highest sell price and the lowest buy price ``reach`` reads (``None``: no order of
+    that side), as the queries compare them."""
+    return (
+        _ALL_ASKS if reach.asks_all else reach.asks_to,
+        _ALL_BIDS if reach.bids_all else reach.bids_from,
+    )
+
+
+_ALL_ASKS = 2**63 - 1  # above every price (a BIGINT)
+_ALL_BIDS = 0  # below every price (prices are positive)
+
+
 # Per dialect, the product's columns' attribute names and what the ORM does to each value read
 # (a ``StringEnum``'s enum, an array's list): the rest come from the driver as the ORM has them.
 _PRODUCT_LOADERS: dict[str, list[tuple[str, Any]]] = {}
@@ -258,11 +280,16 @@ class OrderRepository(Repository[MarketOrder]):
         result = await self.session.execute(_OPEN_ORDERS, {"product_id": product_id})
         return list(result.scalars().all())
 
-    async def open_orders_with_credit_holds(self, product_id: uuid.UUID) -> Book:
+    async def open_orders_with_credit_holds(
+        self, product_id: uuid.UUID, reach: Reach | None = None
+    ) -> Book:
         """``open_orders``, and each resting sell order's credit holds with something left, as
-        (position, batch, hold, remaining) in delivery order, in one round trip."""
+        (position, batch, hold, remaining) in delivery order, in one round trip. ``reach``:
+        only the resting orders within it (``app.market.reach``); by default, all."""
+        asks_to, bids_from = _bounds(reach or Reach(asks_all=True, bids_all=True))
         result = await self.session.execute(
-            _OPEN_ORDERS_WITH_CREDIT_HOLDS, {"product_id": product_id}
+            _OPEN_ORDERS_WITH_CREDIT_HOLDS,
+            {"product_id": product_id, "asks_to": asks_to, "bids_from": bids_from},
         )
         return _book(result)
 

@@ -75,8 +75,10 @@ its orders can reach (``app.market.reach``, migration 0028), through the driver
 (``ProductRepository.lock_and_read_book``): the resting orders are plain instances outside the
 session, and only those its fills and closes name are made the session's (``stored_row``)
 before anything is set on them, so a flush or the group's write call writes exactly those.
-An order placed alone (the one-by-one path, an ``Idempotency-Key`` request) still reads it
-whole; an in-process cache of the book with a version check is the next step there.
+An order placed alone (the one-by-one path, an ``Idempotency-Key`` request) reads its own
+reach the same way (``OrderRepository.open_orders_with_credit_holds``). A deep level at the
+price is still read whole; an in-process cache of the book with a version check is the next
+step there.
 
 In a group of orders on a batch product, the holds, payments, fees and serial-block changes
 are not sent one by one: ``app.db.deferred`` records them in order while the group is placed
@@ -1098,11 +1100,14 @@ async def place_orders(
     # (its own statements) run, and the book is read again after it.
     # The resting sell orders' credit holds come with the book (one round trip): the fills
     # below name the makers whose holds the settlement takes from.
+    # Read here, only the part of the book these orders can reach (``app.market.reach``), as
+    # a group's lock call reads it.
     now = utc_now()
-    resting, book_holds = read_book or await orders.open_orders_with_credit_holds(product.id)
+    reach = reach or Reach.of((body.side, body.price) for _, body in items)
+    resting, book_holds = read_book or await orders.open_orders_with_credit_holds(product.id, reach)
     if any(_is_due(o, now) for o in resting):
         await expire_product_orders(session, product.id, now, locked=True)
-        resting, book_holds = await orders.open_orders_with_credit_holds(product.id)
+        resting, book_holds = await orders.open_orders_with_credit_holds(product.id, reach)
         read_blocks = None  # the releases changed them: read after matching instead
     if collecting:
         resting, book_holds = [], {}

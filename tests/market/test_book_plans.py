@@ -40,6 +40,8 @@ _CALLS = {
     "open_orders_with_credit_holds": "SELECT count(*) FROM ("
     + str(repository._OPEN_ORDERS_WITH_CREDIT_HOLDS)
     .replace(":product_id", "$1")
+    .replace(":asks_to", str(repository._ALL_ASKS))  # the whole book
+    .replace(":bids_from", str(repository._ALL_BIDS))
     .replace("ORDER BY o.sequence", "")
     + ") AS book WHERE $2::uuid[] IS NOT NULL",
 }
@@ -115,22 +117,34 @@ RESTING_AWAY = 2_000
 async def test_a_groups_lock_call_reads_its_reach_only_however_deep_the_book(
     client: httpx.AsyncClient, database_url: str
 ) -> None:
-    """Planned on a book of two orders, the call with a reach (migration 0028) reads only the
-    orders within it once 2,000 more rest outside it (``ix_market_orders_book``: two ranges
-    by side and price), and the sellers it reads blocks for are those within it."""
+    """Planned on a book of two orders, the call with a reach (migration 0028), and the read of
+    an order placed alone, read only the orders within it once 2,000 more rest outside it
+    (``ix_market_orders_book``: two ranges by side and price); the sellers the call reads
+    blocks for are those within it."""
     m = await market(client, sellers=2, buyers=2)
     for side, org, price in [("sell", m.sellers[0], 1_010), ("buy", m.buyers[0], 990)]:
         r = await order(client, org, m, side, price, 1)
         assert r.status_code == 201, r.text
     product = uuid.UUID(m.product["id"])
     away = uuid.UUID(m.sellers[1].id)
-    call = (
-        "SELECT count(book_order), max(cardinality(blocks_of))"
-        " FROM market_lock_product_and_book($1, '{}'::uuid[], false, 1010, false, 990)"
-    )
+    calls = {  # each with what it returns: (orders, sellers whose blocks it read)
+        "market_lock_product_and_book": (
+            "SELECT count(book_order), max(cardinality(blocks_of))"
+            " FROM market_lock_product_and_book($1, '{}'::uuid[], false, 1010, false, 990)"
+        ),
+        # The same reach read by an order placed alone (``open_orders_with_credit_holds``).
+        "open_orders_with_credit_holds": "SELECT count(*), 1 FROM ("
+        + str(repository._OPEN_ORDERS_WITH_CREDIT_HOLDS)
+        .replace(":product_id", "$1")
+        .replace(":asks_to", "1010")
+        .replace(":bids_from", "990")
+        .replace("ORDER BY o.sequence", "")
+        + ") AS book",
+    }
     async with _without_statistics(database_url) as connection:
         for _ in range(6):  # planned on the small book (generic plans after five runs)
-            assert tuple(await connection.fetchrow(call, product)) == (2, 1)
+            for call in calls.values():
+                assert tuple(await connection.fetchrow(call, product)) == (2, 1)
         await connection.execute(
             "INSERT INTO market_orders (id, product_id, organization_id, side, type, price,"
             "  quantity, filled_quantity, filled_amount, status, time_in_force, post_only,"
@@ -142,7 +156,9 @@ async def test_a_groups_lock_call_reads_its_reach_only_however_deep_the_book(
             away,
             RESTING_AWAY,
         )
-        before = int(await connection.fetchval(_READS))
-        assert tuple(await connection.fetchrow(call, product)) == (2, 1)
-        read = int(await connection.fetchval(_READS)) - before
-    assert read <= READ_AT_MOST, read
+        read: dict[str, int] = {}
+        for name, call in calls.items():
+            before = int(await connection.fetchval(_READS))
+            assert tuple(await connection.fetchrow(call, product)) == (2, 1)
+            read[name] = int(await connection.fetchval(_READS)) - before
+    assert max(read.values()) <= READ_AT_MOST, read

@@ -4,14 +4,15 @@ The property: a group of orders matched against only the resting orders its reac
 gives exactly the events it gives against the whole book, and leaves every price level it
 touches (its orders' own, its makers') with the same orders; and an order the reach covers
 (one that arrived while the lock was awaited) can join the group on the same terms. Then the
-database reads exactly the orders ``Reach.reads`` names, and ``place_orders`` refuses an order
-its reach does not cover.
+database reads exactly the orders ``Reach.reads`` names, ``place_orders`` refuses an order its
+reach does not cover, and an order placed alone reads only its own reach.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +32,7 @@ from app.market.matching import (
     Trade,
 )
 from app.market.reach import Reach
+from app.market.repository import OrderRepository
 from app.market.schemas import OrderCreate
 from tests.market.helpers import market, order
 
@@ -211,3 +213,32 @@ async def test_an_order_beyond_the_part_of_the_book_read_is_refused(
                 sequences=sequences,
                 reach=reach,
             )
+
+
+async def test_an_order_placed_alone_reads_only_its_own_reach(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order with an ``Idempotency-Key`` is placed alone, in the request's transaction: it
+    too reads only what it can reach (the sells at or below its price, the buys at or above
+    it), and trades as it would against the whole book."""
+    m = await market(client, sellers=2, buyers=1)
+    for price in [1_000, 1_000, 1_100, 1_110, 1_120]:
+        r = await order(client, m.sellers[price % 2], m, "sell", price, 1)
+        assert r.status_code == 201, r.text
+    read: list[int] = []
+    real = OrderRepository.open_orders_with_credit_holds
+
+    async def spy(self: OrderRepository, *args: Any, **kwargs: Any) -> Any:
+        book = await real(self, *args, **kwargs)
+        read.append(len(book[0]))
+        return book
+
+    monkeypatch.setattr(OrderRepository, "open_orders_with_credit_holds", spy)
+    r = await client.post(
+        "/v1/orders",
+        json={"product": m.code, "side": "buy", "price": 1_000, "quantity": 2},
+        headers={**m.buyers[0].headers, "Idempotency-Key": "alone-1"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "filled"
+    assert read == [2]  # the two sells at 1,000, not the three above
