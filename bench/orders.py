@@ -20,18 +20,22 @@ and registry checkers find nothing.
     .venv/bin/python -m bench.orders --quick    # a few seconds (--clients N: fewer)
     .venv/bin/python -m bench.orders --groups   # and how the product lock was held
     .venv/bin/python -m bench.orders --depth 2000   # with 2,000 orders resting all along
+    .venv/bin/python -m bench.orders --spread 5     # orders over ±5 ticks, not at one price
 
 ``--groups`` runs the server with ``app.market.group`` at DEBUG and reads its
 ``market.group_placed`` lines: how many groups each worker placed and their sizes (the kernel
 splits the 32 connections between the two workers as it likes, and the split moves the
 figure), the share of the orders phase the lock was held (from each lock call's answer to its
-commit's), the hold fitted as F + c·n for a group of n orders, and how deep the book each
-group read was (the whole book is read and rebuilt for every group).
+commit's), the hold fitted as F + c·n for a group of n orders, and how many resting orders
+each group read (the part of the book its orders can reach: ``app.market.reach``).
 
-``--depth N`` rests N orders before the phases, half buys below the price and half sells above
-it, which the run's orders never reach: the cost of a deep book to every group (it is read
-and rebuilt whole under the product lock), beside the default run's shallow one (its own
-orders only, which rest or fill at the one price).
+``--spread K`` prices each order within ±K ticks of the price (a fixed sequence), so that a
+group's orders ask for several levels, as in a market, and an order arriving while the lock
+is awaited may reach beyond what its group's lock call read (it then waits for the next
+group). ``--depth N`` rests N orders before the phases, half buys below the run's prices and
+half sells above them, which the run's orders never reach: what a deep book costs every
+group, beside the default run's shallow one (its own orders only, which rest or fill at the
+one price).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ PRODUCT = "JCR-BENCH-ORDERS"
 # ``--depth``: the first seller's credits and the first buyer's cash cover this many resting
 # orders besides the run's own.
 MAX_DEPTH = 10_000
+# ``--spread``: within the price band, and cash enough for buys a little above the price.
+MAX_SPREAD = 20
 
 
 async def _member(c: httpx.AsyncClient, admin: dict[str, str], name: str) -> tuple[str, str]:
@@ -165,10 +171,19 @@ async def prepare(server: Served, clients: int) -> list[dict[str, str]]:
     return [_bearer(key) for _, key in members]
 
 
-async def rest_depth(server: Served, keys: list[dict[str, str]], depth: int) -> None:
+def _offset(worker: int, i: int, spread: int) -> int:
+    """The ``i``-th order's price of a client, in ticks from ``PRICE``: 0, or spread evenly
+    over ±``spread`` (a fixed sequence, the same in every run)."""
+    return (worker * 7 + i * 13) % (2 * spread + 1) - spread
+
+
+async def rest_depth(
+    server: Served, keys: list[dict[str, str]], depth: int, spread: int = 0
+) -> None:
     """``depth`` orders that rest through the whole run, half buys below ``PRICE`` (by the
-    first buyer) and half sells above it (by the first seller), on 50 price levels a side:
-    the orders at ``PRICE`` never reach them, so the book every group reads is that deep."""
+    first buyer) and half sells above it (by the first seller), on 50 price levels a side
+    beyond the run's own prices: the run's orders never reach them, so the book every group
+    reads is that deep."""
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as c:
 
         async def rest(i: int) -> None:
@@ -176,7 +191,7 @@ async def rest_depth(server: Served, keys: list[dict[str, str]], depth: int) -> 
             body = {
                 "product": PRODUCT,
                 "side": side,
-                "price": PRICE + away * (1 + i // 2 % 50),
+                "price": PRICE + away * (spread + 1 + i // 2 % 50),
                 "quantity": 1,
             }
             check(await c.post("/v1/orders", json=body, headers=keys[i % 2]))
@@ -332,6 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--groups", action="store_true", help="report how the product lock was held (module doc)"
     )
     parser.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        help="orders priced over ±N ticks around the price, not at it (module doc); 0 by default",
+    )
+    parser.add_argument(
         "--depth",
         type=int,
         default=0,
@@ -342,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--clients must be an even number >= 2")
     if not 0 <= args.depth <= MAX_DEPTH:
         parser.error(f"--depth must be between 0 and {MAX_DEPTH}")
+    if not 0 <= args.spread <= MAX_SPREAD:
+        parser.error(f"--spread must be between 0 and {MAX_SPREAD}")
     setup_logging()
     with tempfile.TemporaryFile() as log:
         return _run(args, log if args.groups else None)
@@ -357,7 +380,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
 
             async def run() -> dict[str, Any]:
                 keys = await prepare(server, clients)
-                await rest_depth(server, keys, args.depth)
+                await rest_depth(server, keys, args.depth, args.spread)
 
                 async def health(c: Connection, worker: int, i: int) -> tuple[int, bytes]:
                     return await c.request("GET", "/health")
@@ -366,7 +389,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
                     body = {
                         "product": PRODUCT,
                         "side": "sell" if worker % 2 else "buy",
-                        "price": PRICE,
+                        "price": PRICE + _offset(worker, i, args.spread),
                         "quantity": 1,
                     }
                     return await c.request(
@@ -431,6 +454,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
             "trades": stored["trades"],
             "clients": clients,
             "depth": args.depth,
+            "spread": args.spread,
             "goal": ">= 1000 orders/s, p99 < 50 ms, ratio >= 0.25",
             "server": settings,
             **({"groups": groups} if groups is not None else {}),

@@ -69,6 +69,21 @@ def test_orders_benchmark_runs_and_its_checks_pass() -> None:
     assert "FAILED" not in stdout
 
 
+def test_orders_with_a_deep_spread_book_keep_their_checks() -> None:
+    """``--depth`` rests orders beyond the run's prices, ``--spread`` prices the run's orders
+    over several levels: the invariant checks (every acknowledged order stored, the book
+    uncrossed, the holds) count both."""
+    result, stdout = run_bench(
+        "bench.orders",
+        *("--quick", "--seconds", "0.5", "--clients", "4", "--groups"),
+        *("--depth", "40", "--spread", "3"),
+    )
+    assert result["ok"] is True, stdout
+    assert (result["depth"], result["spread"]) == (40, 3)
+    assert result["trades"] > 0
+    assert "FAILED" not in stdout
+
+
 def test_the_group_summary_reads_the_orders_phase_groups_only() -> None:
     from datetime import UTC, datetime, timedelta
 
