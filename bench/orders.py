@@ -27,7 +27,8 @@ and registry checkers find nothing.
 splits the 32 connections between the two workers as it likes, and the split moves the
 figure), the share of the orders phase the lock was held (from each lock call's answer to its
 commit's), the hold fitted as F + c·n for a group of n orders, and how many resting orders
-each group read (the part of the book its orders can reach: ``app.market.reach``).
+each group read (the part of the book its orders can reach and fill: ``app.market.reach``)
+and how many it counted without reading them.
 
 ``--spread K`` prices each order within ±K ticks of the price (a fixed sequence), so that a
 group's orders ask for several levels, as in a market, and an order arriving while the lock
@@ -313,6 +314,9 @@ def group_summary(lines: Iterable[str], start: datetime, end: datetime) -> dict[
     books = [int(g["book"]) for g in groups if "book" in g]
     if books:  # the resting orders each group's lock call read
         summary["book"] = {"mean": round(statistics.fmean(books), 1), "max": max(books)}
+    hidden = [int(g["hidden"]) for g in groups if "hidden" in g]
+    if hidden:  # and those it counted without reading them (``app.market.reach``)
+        summary["hidden"] = {"mean": round(statistics.fmean(hidden), 1), "max": max(hidden)}
     if len(set(sizes)) > 1:
         slope, intercept = statistics.linear_regression(sizes, held)
         summary["fit_ms"] = {"F": round(intercept, 2), "c": round(slope, 3)}
@@ -327,12 +331,18 @@ def _group_lines(summary: dict[str, Any]) -> str:
     )
     fit = summary.get("fit_ms")
     book = summary.get("book")
+    hidden = summary.get("hidden")
     return (
         f"\n\ngroups: {summary['groups']:,} (by worker: {workers});"
         f" lock held {summary['lock_held_share']:.0%} of the phase,"
         f" {summary['held_ms_per_order']} ms per order"
         + (f"; hold ≈ {fit['F']} + {fit['c']}·n ms" if fit else "")
         + (f"; book read {book['mean']} orders on average, {book['max']} at most" if book else "")
+        + (
+            f", counted without reading {hidden['mean']} on average, {hidden['max']} at most"
+            if hidden
+            else ""
+        )
     )
 
 

@@ -13,8 +13,8 @@ exactly as it would one at a time, then writes, notifies and commits once.
   ``MAX_GROUP``) as the group, places it in its own session and commits, and starts again
   while anything waits. Taking the lock first means the group holds every order that arrived
   while other processes held the lock (as far as the part of the book its lock call read
-  covers them: ``app.market.reach``; one that needs more waits for the next group, with
-  those behind it); an order alone still goes at once. (The order route
+  covers them and can fill them: ``app.market.reach``; one that needs more waits for the
+  next group, with those behind it); an order alone still goes at once. (The order route
   has no request session: the group's commit is the one that counts, and each request's
   answer waits for it, so an acknowledged order is committed.)
 - A group is all or nothing: if any of its orders is refused (a shortfall, a post-only that
@@ -49,7 +49,7 @@ import asyncio
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -126,19 +126,47 @@ async def _drain(sessionmaker: SessionMaker, product_id: uuid.UUID) -> None:
                 waiting.placed.cancel()
 
 
-def _reach(queue: list[_Waiting]) -> Reach:
-    """What of the book the orders that would be taken now can touch."""
-    return Reach.of((w.body.side, w.body.price) for w in queue[:MAX_GROUP])
+# Product id -> the size of its last group in this process: how many orders the next group
+# may take besides those queued when its lock call is sent (``_reach``).
+_last_sizes: dict[uuid.UUID, int] = {}
+
+
+# However small the last group, the lock call leaves room for this many orders in all: a
+# product's first group, or the first after a quiet spell, takes what queued meanwhile.
+ROOM_AT_LEAST = 16
+
+
+def _reach(queue: list[_Waiting], last_size: int = 0) -> Reach:
+    """What of the book the orders that would be taken now can touch, and may fill: their
+    own quantities, and room for as many more orders (of the largest quantity queued) as
+    make twice the last group (``ROOM_AT_LEAST`` at least), since orders keep arriving while
+    the lock is awaited (one that does not fit waits for the next group: ``_take``)."""
+    queued = queue[:MAX_GROUP]
+    reach = Reach.of((w.body.side, w.body.price) for w in queued)
+    spare = max(0, min(MAX_GROUP, max(ROOM_AT_LEAST, 2 * last_size)) - len(queued))
+    room = spare * max((w.body.quantity for w in queued), default=0)
+    buys = sum(w.body.quantity for w in queued if w.body.side == Side.BUY)
+    sells = sum(w.body.quantity for w in queued if w.body.side == Side.SELL)
+    return replace(reach, asks_need=buys + room, bids_need=sells + room)
 
 
 def _take(queue: list[_Waiting], reach: Reach | None = None) -> list[_Waiting]:
     """The group: the queue's first orders (up to ``MAX_GROUP``), as far as ``reach`` (what
-    the lock call read) covers them; the first it does not, and those behind it, wait for
-    the next group, in their order."""
-    taken = 0
+    the lock call read) covers them and can fill them all; the first it cannot, and those
+    behind it, wait for the next group, in their order."""
+    taken = buys = sells = 0
     for waiting in queue[:MAX_GROUP]:
-        if reach is not None and not reach.covers(waiting.body.side, waiting.body.price):
-            break
+        body = waiting.body
+        if reach is not None:
+            if body.side == Side.BUY:
+                buys += body.quantity
+            else:
+                sells += body.quantity
+            if not (
+                reach.covers(body.side, body.price)
+                and reach.fits([(Side.BUY, buys), (Side.SELL, sells)])
+            ):
+                break
         taken += 1
     if queue and not taken:  # the first was queued when the reach was worked out
         raise RuntimeError("the lock call's reach does not cover the first queued order")
@@ -160,7 +188,7 @@ async def _place_next(
             # (the part of it the queued orders can reach: ``app.market.reach``) and the live
             # blocks of its sellers as far as they are known (the book's, and the queued sell
             # orders'), and a sequence for each order it may take, in one round trip.
-            reach = _reach(queue)
+            reach = _reach(queue, _last_sizes.get(product_id, 0))
             product, book, blocks, sequences = await market_service.lock_product_and_read_book(
                 session,
                 product_id,
@@ -172,6 +200,7 @@ async def _place_next(
             group = _take(queue, reach)
             if not group:
                 return
+            _last_sizes[product_id] = len(group)
             placed = await market_service.place_orders(
                 session,
                 product_id,
@@ -216,14 +245,15 @@ async def _place_next(
     # How long the product lock was awaited and held (``bench/orders --groups`` reads these):
     # the lock call from asked to answered (mostly waiting for other processes' groups), then
     # held from its answer to the commit's (the write call's answer, which commits, or a
-    # COMMIT of its own); and the resting orders the lock call read (the whole book is read
-    # and rebuilt for every group). Logged after the answers, outside the transaction.
+    # COMMIT of its own); and the resting orders the lock call read, and those it counted
+    # without reading them. Logged after the answers, outside the transaction.
     log.debug(
         "market.group_placed",
         product_id=str(product_id),
         worker=os.getpid(),
         orders=len(group),
-        book=len(book[0]),
+        book=len(book.orders),
+        hidden=sum(count for *_, count in book.hidden),
         lock_ms=round((answered - asked) * 1e3, 3),
         held_ms=round((committed - answered) * 1e3, 3),
         commit_ms=round((committed - written) * 1e3, 3),

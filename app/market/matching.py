@@ -260,8 +260,19 @@ class BookSnapshot:
 # --- internals ---------------------------------------------------------------------------
 
 
+def _aggregate(level: _Level) -> PriceLevel:
+    return PriceLevel(
+        level.price, level.quantity + level.hidden_quantity, level.count + level.hidden_count
+    )
+
+
+class BookIncomplete(RuntimeError):
+    """Matching needed a resting order the book was not given: one of the orders
+    ``OrderBook.restore(hidden=…)`` counted without giving them."""
+
+
 class _Level:
-    __slots__ = ("count", "dead", "price", "quantity", "queue")
+    __slots__ = ("count", "dead", "hidden_count", "hidden_quantity", "price", "quantity", "queue")
 
     def __init__(self, price: int) -> None:
         self.price = price
@@ -269,6 +280,9 @@ class _Level:
         self.quantity = 0  # open quantity of the live orders
         self.count = 0  # live orders
         self.dead = 0  # cancelled orders still in the queue
+        # Orders behind the queue, counted but not given (``OrderBook.restore(hidden=…)``).
+        self.hidden_quantity = 0
+        self.hidden_count = 0
 
 
 class _Entry:
@@ -489,12 +503,18 @@ class OrderBook:
             keys = sorted(book)
             if levels is not None:
                 keys = keys[:levels]
-            return tuple(PriceLevel(book[k].price, book[k].quantity, book[k].count) for k in keys)
+            return tuple(_aggregate(book[k]) for k in keys)
 
         return BookSnapshot(bids=side(self._bids), asks=side(self._asks))
 
+    def level(self, side: Side, price: int) -> PriceLevel | None:
+        """One price level's aggregate (its hidden orders included), or None if empty."""
+        level = self._bids.get(-price) if side is Side.BUY else self._asks.get(price)
+        return None if level is None else _aggregate(level)
+
     def orders_at(self, side: Side, price: int) -> list[OrderId]:
-        """The ids of the orders resting at one price, in time priority."""
+        """The ids of the orders resting at one price, in time priority (not the hidden
+        ones)."""
         level = self._bids.get(-price) if side is Side.BUY else self._asks.get(price)
         if level is None:
             return []
@@ -524,17 +544,39 @@ class OrderBook:
         return order_id in self._index
 
     @classmethod
-    def restore(cls, orders: Iterable[Order], *, last_sequence: int | None = None) -> OrderBook:
+    def restore(
+        cls,
+        orders: Iterable[Order],
+        *,
+        last_sequence: int | None = None,
+        hidden: Iterable[tuple[Side, int, int, int]] = (),
+    ) -> OrderBook:
         """Rebuild a book from resting orders (e.g. loaded from the database after a crash).
 
         They are submitted in sequence order; each must rest without trading, or ``ValueError``.
         ``last_sequence`` (if given) is the highest sequence the service has issued.
+
+        ``hidden``: (side, price, open quantity, orders) of resting orders counted but not
+        given, each behind every given order of its level in time priority: the part of a
+        book a caller knows no order of its will reach (``app.market.reach``). They count in
+        the levels' aggregates (``level``, ``depth``); if matching ever needs one, it raises
+        ``BookIncomplete`` (the book it was given was too short for the orders sent).
         """
         book = cls()
         for order in sorted(orders, key=lambda o: o.sequence):
             events = book.submit(order)
             if len(events) != 2 or type(events[1]) is not Rested:
                 raise ValueError(f"order {order.order_id!r} does not rest cleanly: {events}")
+        for side, price, quantity, count in hidden:
+            if type(price) is not int or price <= 0 or quantity <= 0 or count <= 0:
+                raise ValueError(f"hidden orders {side} {price}: {quantity} in {count} orders")
+            if side is _BUY:
+                sided, heap, key = book._bids, book._bid_heap, -price
+            else:
+                sided, heap, key = book._asks, book._ask_heap, price
+            level = sided.get(key) or book._new_level(sided, heap, key, price)
+            level.hidden_quantity += quantity
+            level.hidden_count += count
         if last_sequence is not None:
             if last_sequence < book._last_sequence:
                 raise ValueError("last_sequence is below a restored order's sequence")
@@ -613,6 +655,10 @@ class OrderBook:
                 else:
                     maker.remaining = open_qty - qty
             if not level.count:
+                if level.hidden_count:  # only hidden orders left here
+                    if remaining and not stopped:
+                        raise BookIncomplete(f"the level at {price} goes on beyond the book given")
+                    break
                 del book[key]
                 heappop(heap)
             if stopped:
@@ -678,7 +724,7 @@ class OrderBook:
         level.count -= 1
         entry.remaining = 0
         entry.level = None
-        if not level.count:
+        if not level.count and not level.hidden_count:
             if entry.is_buy:
                 del self._bids[-level.price]
             else:
@@ -710,4 +756,8 @@ class OrderBook:
                 needed -= maker.remaining
                 if needed <= 0:
                     return True
+            if book[key].hidden_count:
+                raise BookIncomplete(
+                    f"the level at {book[key].price} goes on beyond the book given"
+                )
         return False

@@ -15,6 +15,13 @@ writes the same in SQL); ``Reach.covers`` tells whether an order that arrived wh
 was awaited can join the group: one priced within the window, or a market order whose side
 is read whole. Leaving out the rest of the book keeps a group's read and rebuild to what it
 can touch, however deep the book is (``bench/orders --depth``).
+
+Within the window, a group can take from each side at most its own orders' total quantity on
+the other side, in priority order. With ``asks_need`` and ``bids_need`` set, the lock call
+(migration 0029) reads of each side only the orders with less than that quantity open before
+them, in priority order, and counts the rest per price level (``OrderBook.restore(hidden=…)``
+keeps them behind the orders read): a level hundreds of orders deep at the price costs a
+group what it can fill. ``Reach.fits`` is the test of the orders a group takes.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ class Reach:
     asks_to: int | None = None  # the resting sells priced at most this (the highest limit)
     bids_all: bool = False  # every resting buy (a market sell is in the group)
     bids_from: int | None = None  # the resting buys priced at least this (the lowest limit)
+    # Of those, only the sells (buys) with less than this quantity open before them, in
+    # priority order, the rest counted (None: all of them).
+    asks_need: int | None = None
+    bids_need: int | None = None
 
     @classmethod
     def of(cls, orders: Iterable[tuple[Side, int | None]]) -> Reach:
@@ -61,3 +72,17 @@ class Reach:
         if price is None:  # a market order: the whole other side; it never rests
             return self.asks_all if side == Side.BUY else self.bids_all
         return self.reads(Side.SELL, price) and self.reads(Side.BUY, price)
+
+    def fits(self, orders: Iterable[tuple[Side, int]]) -> bool:
+        """Whether orders given as (side, quantity) together take no more from either side
+        than the orders read of it hold: their buys' total at most ``asks_need``, their
+        sells' at most ``bids_need``."""
+        buys = sells = 0
+        for side, quantity in orders:
+            if side == Side.BUY:
+                buys += quantity
+            else:
+                sells += quantity
+        return (self.asks_need is None or buys <= self.asks_need) and (
+            self.bids_need is None or sells <= self.bids_need
+        )

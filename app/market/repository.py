@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -25,6 +25,7 @@ from app.core.pagination import Page, PageParams
 from app.core.repository import Repository
 from app.db.base import new_row, row_maker, stored_row
 from app.db.driver import fetch_rows
+from app.market.matching import Side
 from app.market.models import OPEN_STATUSES, MarketOrder, MarketTrade, Product
 from app.market.reach import Reach
 
@@ -95,7 +96,8 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
 # The product lock (with the batch's), the book and the sellers' live blocks in one call
 # (migrations 0021, 0022): the product and each resting order column by column, in the
 # models' order; on the first row only, the product, the ``offset_live_copy`` rows (as the
-# driver decodes them) of the sellers it read whole, and the sequences it reserved (0027).
+# driver decodes them) of the sellers it read whole, the levels of the orders it counted but
+# did not read (0029), and the sequences it reserved (0027).
 # Read through the driver (``fetch_rows``): loading every resting order through the ORM cost
 # more than the read itself under the product lock (a book of 70: 3.83–3.97 ms for the call
 # and the engine's rebuild, 3.16–3.21 this way), and a group writes few of them (see
@@ -116,12 +118,13 @@ _LOCK_PRODUCT_AND_BOOK = (
     + ", "
     + ", ".join(f"(g.book_order).{c.name}" for c in MarketOrder.__table__.columns)
     + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining, g.blocks, g.blocks_of,"
+    " g.hidden_sides, g.hidden_prices, g.hidden_quantities, g.hidden_counts,"
     # Projected after the function ran to its end (a PL/pgSQL function's rows are all made
     # before the first is read), so after the product lock it takes.
     " CASE WHEN g.ordinality = 1 AND $3::integer > 0"
     "      THEN market_reserve_order_sequences($3::integer) END"
     " FROM market_lock_product_and_book($1::uuid, $2::uuid[], $4::boolean, $5::bigint,"
-    "      $6::boolean, $7::bigint) WITH ORDINALITY AS g"
+    "      $6::boolean, $7::bigint, $8::bigint, $9::bigint) WITH ORDINALITY AS g"
 )
 
 
@@ -211,7 +214,9 @@ class ProductRepository(Repository[Product]):
         migrations 0021 and 0022), with the live blocks of the book's sellers and of
         ``sellers``, if it read them, and ``reserve`` order sequences taken after the lock
         (migration 0027), rising. ``reach``: only the resting orders within it
-        (``app.market.reach``, migration 0028); by default, all.
+        (``app.market.reach``, migration 0028), and with its ``asks_need`` and
+        ``bids_need`` only as many of each side as those quantities can fill, the rest
+        counted per level (``Book.hidden``, migration 0029); by default, all.
 
         The product is the session's (``stored_row``); the resting orders are *not* in the
         session: each is a new instance with the row's values (``row_maker``), which
@@ -229,10 +234,12 @@ class ProductRepository(Repository[Product]):
                 r.asks_to,
                 r.bids_all,
                 r.bids_from,
+                r.asks_need,
+                r.bids_need,
             ],
         )
         if not rows:
-            return None, ([], {}), None, []
+            return None, Book([], {}), None, []
         first = rows[0]
         products, orders = len(_PRODUCT_COLUMNS), len(_ORDER_KEYS)
         dialect = (await self.session.connection()).dialect
@@ -244,24 +251,40 @@ class ProductRepository(Repository[Product]):
         for row in rows:
             if row[products + _ORDER_ID] is not None:  # none: no resting order, one row
                 book.append((_BOOK_ORDER(row[products:holds]), *row[holds : holds + 4]))
-        copy, of, sequences = first[products + orders + 4 :]
+        copy, of, sides, prices, quantities, counts, sequences = first[products + orders + 4 :]
         blocks = None if of is None else (of, copy or [])
-        return product, _book(book), blocks, list(sequences or [])
+        hidden = [
+            (_SIDES_BY_NAME[side], price, quantity, count)
+            for side, price, quantity, count in zip(
+                sides or (), prices or (), quantities or (), counts or (), strict=True
+            )
+        ]
+        return product, _book(book, hidden), blocks, list(sequences or [])
 
     async def list_all(self) -> Sequence[Product]:
         return (await self.session.execute(select(Product).order_by(Product.code))).scalars().all()
 
 
-# The resting orders in time priority, and each sell order's credit holds with something
-# left, as (position, batch, hold, remaining) in delivery order.
-Book = tuple[list[MarketOrder], dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]]]
+# Hidden levels: (side, price, open quantity, orders) of resting orders the call counted but
+# did not read (migration 0029), behind those it read.
+HiddenLevel = tuple[Side, int, int, int]
+
+
+class Book(NamedTuple):
+    """The resting orders read, in time priority; each sell order's credit holds with
+    something left, as (position, batch, hold, remaining) in delivery order; and the levels
+    of the orders counted, not read (``Reach.asks_need``, ``bids_need``)."""
+
+    orders: list[MarketOrder]
+    holds: dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]]
+    hidden: Sequence[HiddenLevel] = ()
 
 
 # The sellers whose live blocks a call read whole, and the ``offset_live_copy`` rows it read.
 LiveBlocks = tuple[list[uuid.UUID], list[Any]]
 
 
-def _book(rows: Iterable[Any]) -> Book:
+def _book(rows: Iterable[Any], hidden: Sequence[HiddenLevel] = ()) -> Book:
     """A ``Book`` from (order, positions, batches, holds, remaining) rows."""
     orders: list[MarketOrder] = []
     holds: dict[uuid.UUID, list[tuple[int, uuid.UUID, uuid.UUID, int]]] = {}
@@ -269,7 +292,10 @@ def _book(rows: Iterable[Any]) -> Book:
         orders.append(order)
         if positions:
             holds[order.id] = list(zip(positions, batches, hold_ids, remaining, strict=True))
-    return orders, holds
+    return Book(orders, holds, hidden)
+
+
+_SIDES_BY_NAME = {str(side): side for side in Side}
 
 
 class OrderRepository(Repository[MarketOrder]):

@@ -76,9 +76,12 @@ its orders can reach (``app.market.reach``, migration 0028), through the driver
 session, and only those its fills and closes name are made the session's (``stored_row``)
 before anything is set on them, so a flush or the group's write call writes exactly those.
 An order placed alone (the one-by-one path, an ``Idempotency-Key`` request) reads its own
-reach the same way (``OrderRepository.open_orders_with_credit_holds``). A deep level at the
-price is still read whole; an in-process cache of the book with a version check is the next
-step there.
+reach the same way (``OrderRepository.open_orders_with_credit_holds``). Within the reach, a
+group reads of each side only what its orders' quantities (and room for late arrivals) can
+fill, in priority order, and the rest is counted per level (migration 0029,
+``Book.hidden``): the engine holds those counts behind the orders read, so the ``level``
+events stay exact, and raises ``BookIncomplete`` (the group is then placed one by one) if it
+ever needed more. An order placed alone still reads its whole reach.
 
 In a group of orders on a batch product, the holds, payments, fees and serial-block changes
 are not sent one by one: ``app.db.deferred`` records them in order while the group is placed
@@ -162,6 +165,7 @@ from app.market.models import (
 from app.market.reach import Reach
 from app.market.repository import (
     Book,
+    HiddenLevel,
     LiveBlocks,
     OrderRepository,
     ProductRepository,
@@ -407,8 +411,10 @@ def _defer_product_write(product: Product) -> None:
         set_committed_value(product, name, getattr(product, name))
 
 
-def restore_book(open_orders: list[MarketOrder]) -> OrderBook:
-    return OrderBook.restore(_engine_order(o) for o in open_orders)
+def restore_book(open_orders: list[MarketOrder], hidden: Sequence[HiddenLevel] = ()) -> OrderBook:
+    """The engine's book of ``open_orders``, with ``hidden``'s orders counted behind them
+    (``OrderBook.restore``)."""
+    return OrderBook.restore((_engine_order(o) for o in open_orders), hidden=hidden)
 
 
 async def book_snapshot(session: AsyncSession, code: str, depth: int) -> BookSnapshot:
@@ -965,14 +971,14 @@ def _level_events(book: OrderBook, levels: set[tuple[str, int]]) -> list[dict[st
     """The ``level`` events of the touched levels, as they stand in ``book``."""
     events = []
     for side, price in sorted(levels):
-        ids = book.orders_at(Side(side), price)
+        level = book.level(_SIDES[side], price)
         events.append(
             {
                 "type": "level",
                 "side": side,
                 "price": price,
-                "quantity": sum(book.open_quantity(i) or 0 for i in ids),
-                "orders": len(ids),
+                "quantity": 0 if level is None else level.quantity,
+                "orders": 0 if level is None else level.orders,
             }
         )
     return events
@@ -1070,7 +1076,10 @@ async def place_orders(
     fails during that call, ``GroupOutcomeUnknown`` raises with the orders as placed."""
     if sequences is not None and len(sequences) < len(items):
         raise ValueError(f"{len(items)} orders, {len(sequences)} sequences")
-    if reach is not None and not all(reach.covers(b.side, b.price) for _, b in items):
+    if reach is not None and not (
+        all(reach.covers(b.side, b.price) for _, b in items)
+        and reach.fits((b.side, b.quantity) for _, b in items)
+    ):
         raise ValueError("an order reaches beyond the part of the book read")
     orders = OrderRepository(session)
     # Read before the lock (it needs no book; the unique constraint backstops a race, below)
@@ -1104,20 +1113,22 @@ async def place_orders(
     # a group's lock call reads it.
     now = utc_now()
     reach = reach or Reach.of((body.side, body.price) for _, body in items)
-    resting, book_holds = read_book or await orders.open_orders_with_credit_holds(product.id, reach)
+    resting, book_holds, hidden = read_book or await orders.open_orders_with_credit_holds(
+        product.id, reach
+    )
     if any(_is_due(o, now) for o in resting):
         await expire_product_orders(session, product.id, now, locked=True)
-        resting, book_holds = await orders.open_orders_with_credit_holds(product.id, reach)
+        resting, book_holds, hidden = await orders.open_orders_with_credit_holds(product.id, reach)
         read_blocks = None  # the releases changed them: read after matching instead
     if collecting:
-        resting, book_holds = [], {}
+        resting, book_holds, hidden = [], {}, ()
     by_id: dict[uuid.UUID, MarketOrder] = {o.id: o for o in resting}
 
     # Match first, in memory (the book is rebuilt from the database and thrown away): the fills
     # tell which orders, batches and accounts the orders touch, so all of them are locked up
     # front in the global order (``lock_settlement``) before any hold or posting. An order's
     # real sequence, taken on insert, is larger than any resting one, like its provisional one.
-    book = restore_book(resting)
+    book = restore_book(resting, hidden)
     sequence = max((o.sequence for o in resting), default=0)
     last_price = product.last_trade_price
     incoming: list[_Incoming] = []

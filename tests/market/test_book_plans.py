@@ -132,6 +132,11 @@ async def test_a_groups_lock_call_reads_its_reach_only_however_deep_the_book(
             "SELECT count(book_order), max(cardinality(blocks_of))"
             " FROM market_lock_product_and_book($1, '{}'::uuid[], false, 1010, false, 990)"
         ),
+        # Only what a quantity of 1 a side can fill (migration 0029).
+        "market_lock_product_and_book, needs": (
+            "SELECT count(book_order), max(cardinality(blocks_of))"
+            " FROM market_lock_product_and_book($1, '{}'::uuid[], false, 1010, false, 990, 1, 1)"
+        ),
         # The same reach read by an order placed alone (``open_orders_with_credit_holds``).
         "open_orders_with_credit_holds": "SELECT count(*), 1 FROM ("
         + str(repository._OPEN_ORDERS_WITH_CREDIT_HOLDS)

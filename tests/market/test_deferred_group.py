@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -25,8 +27,9 @@ from app.ledger import service as ledger_service
 from app.ledger.models import AccountKind
 from app.market import service as market_service
 from app.market.matching import OrderType, Side, TimeInForce
+from app.market.reach import Reach
 from app.market.schemas import OrderCreate
-from tests.market.helpers import Market, assert_market_clean, cash, credits, market
+from tests.market.helpers import Market, assert_market_clean, cash, credits, market, order
 
 # (buyer or seller, its index, side, price, quantity, extra fields): crossing both ways, partial
 # fills, a sell spanning two resting buys, an IOC remainder cancelled, a market buy.
@@ -67,17 +70,22 @@ def _items(m: Market) -> list[tuple[uuid.UUID, OrderCreate]]:
 
 
 async def _outcome(
-    client: httpx.AsyncClient, session: AsyncSession, m: Market, placed: list[Any]
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    m: Market,
+    placed: list[Any],
+    wall: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """What placing left, with ids replaced by positions and serials counted from the batch's
-    first serial."""
+    """What placing left, with ids replaced by positions (``wall``: the ids of the orders
+    rested before, in order) and serials counted from the batch's first serial."""
     base = (
         await session.execute(
             text("SELECT min(serial_start) FROM offset_blocks WHERE batch_id = :b"),
             {"b": m.batch_id},
         )
     ).scalar_one()
-    position = {p.order.id: i for i, p in enumerate(placed)}
+    position = {p.order.id: f"p{i:03}" for i, p in enumerate(placed)}
+    position |= {uuid.UUID(i): f"w{n:03}" for n, i in enumerate(wall)}
     orgs = {uuid.UUID(o.id): f"{role}{i}" for role, group in (("b", m.buyers), ("s", m.sellers))
             for i, o in enumerate(group)}  # fmt: skip
     orders = (
@@ -148,19 +156,32 @@ async def _place_group(
     items: list[tuple[uuid.UUID, OrderCreate]],
     *,
     group_locks: bool,
+    fills_only: bool = False,
+    hidden: list[int] | None = None,
 ) -> list[market_service.PlacedOrder]:
     """``place_orders`` as ``app.market.group`` calls it (``group_locks``: the batch locked
     and the book and some sellers' live blocks read with the product lock, and the accounts
-    it has seen locked by its write call), or alone."""
+    it has seen locked by its write call; ``fills_only``: of the book, only what the items'
+    quantities can fill, the rest counted, its orders added to ``hidden``), or alone."""
     if not group_locks:
         return await market_service.place_orders(s, product_id, items)
     sellers = sorted({org for org, body in items if body.side == Side.SELL})
+    reach = None
+    if fills_only:
+        reach = replace(
+            Reach.of((body.side, body.price) for _, body in items),
+            asks_need=sum(body.quantity for _, body in items if body.side == Side.BUY),
+            bids_need=sum(body.quantity for _, body in items if body.side == Side.SELL),
+        )
     product, book, blocks, _ = await market_service.lock_product_and_read_book(
         s,
         product_id,
         sellers[: len(sellers) // 2],  # the others: read after matching
+        reach=reach,
     )
     assert blocks is not None  # a batch product with few sellers: read with the lock
+    if hidden is not None:
+        hidden.append(sum(count for *_, count in book.hidden))
     return await market_service.place_orders(
         s,
         product_id,
@@ -169,6 +190,7 @@ async def _place_group(
         batch_locked=True,
         read_book=book,
         read_blocks=blocks,
+        reach=reach,
     )
 
 
@@ -185,18 +207,31 @@ def _count_lock_settlement(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return calls
 
 
-@pytest.mark.parametrize("group_locks", [False, True], ids=["own-locks", "group-locks"])
+@pytest.mark.parametrize(
+    ("group_locks", "fills_only"),
+    [(False, False), (True, False), (True, True)],
+    ids=["own-locks", "group-locks", "group-reads-what-it-can-fill"],
+)
 async def test_a_deferred_group_writes_what_one_by_one_writes(
     client: httpx.AsyncClient,
     session: AsyncSession,
     engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
     group_locks: bool,
+    fills_only: bool,
 ) -> None:
     sessions = create_sessionmaker(engine)
     fees = {"maker_fee_bps": 10, "taker_fee_bps": 30}
     grouped = await market(client, sellers=3, buyers=3, **fees)
     alone = await market(client, sellers=3, buyers=3, **fees)
+    walls: dict[str, list[str]] = {}
+    for m in (grouped, alone):  # deeper than the scenario fills, at the edges of its reach
+        walls[m.product["id"]] = []
+        for i in range(6):
+            for side, orgs, price in (("sell", m.sellers, 1_020), ("buy", m.buyers, 985)):
+                r = await order(client, orgs[i % 3], m, side, price, 5)
+                assert r.status_code == 201, r.text
+                walls[m.product["id"]].append(r.json()["id"])
 
     # What each product's channel hears: the same events, in the same order.
     heard: dict[str, list[dict[str, Any]]] = {grouped.product["id"]: [], alone.product["id"]: []}
@@ -218,11 +253,17 @@ async def test_a_deferred_group_writes_what_one_by_one_writes(
     placed_alone = []
     long_way = _count_lock_settlement(monkeypatch)
     rounds_the_long_way = []
+    hidden: list[int] = []
     for _ in range(3):
         async with sessions() as s:  # one group: the writes deferred and sent at once
             before = len(long_way)
             placed_grouped += await _place_group(
-                s, uuid.UUID(grouped.product["id"]), _items(grouped), group_locks=group_locks
+                s,
+                uuid.UUID(grouped.product["id"]),
+                _items(grouped),
+                group_locks=group_locks,
+                fills_only=fills_only,
+                hidden=hidden,
             )
             rounds_the_long_way.append(len(long_way) > before)
             await s.commit()
@@ -234,9 +275,12 @@ async def test_a_deferred_group_writes_what_one_by_one_writes(
                 await s.commit()
 
     assert rounds_the_long_way[-1] is not group_locks
-    assert await _outcome(client, session, grouped, placed_grouped) == await _outcome(
-        client, session, alone, placed_alone
-    )
+    # Reading only what they can fill, the later rounds left resting orders unread (counted,
+    # and their levels' events still exact: compared below).
+    assert (sum(hidden) > 0) is fills_only
+    assert await _outcome(
+        client, session, grouped, placed_grouped, walls[grouped.product["id"]]
+    ) == await _outcome(client, session, alone, placed_alone, walls[alone.product["id"]])
     for _ in range(100):  # notices arrive after their commits
         if len(heard[grouped.product["id"]]) >= len(heard[alone.product["id"]]) > 0:
             break

@@ -5,10 +5,12 @@ have been alone; a group with a refused order is placed again one order at a tim
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import inspect, text
@@ -17,6 +19,7 @@ from structlog.testing import capture_logs
 
 from app.db.driver import CommitOutcomeUnknown, call_and_commit, driver_transaction
 from app.db.session import create_sessionmaker
+from app.db.url import libpq_url
 from app.market import group
 from app.market import service as market_service
 from app.market.schemas import OrderCreate
@@ -345,9 +348,8 @@ async def test_the_book_is_read_outside_the_session_and_the_orders_filled_are_wr
         sells.append(r.json()["id"])
     product_id = uuid.UUID(m.product["id"])
     async with create_sessionmaker(engine)() as reader, driver_transaction(reader):
-        product, (resting, _), _, _ = await market_service.lock_product_and_read_book(
-            reader, product_id
-        )
+        product, book, _, _ = await market_service.lock_product_and_read_book(reader, product_id)
+        resting = book.orders
         assert product is not None
         assert product in reader
         assert [str(o.id) for o in resting] == sells
@@ -401,4 +403,72 @@ async def test_an_order_beyond_what_the_lock_call_read_waits_for_the_next_group(
     assert [r.json()["status"] for r in answers] == ["open", "filled", "open"]
     trades = answers[1].json()["trades"]
     assert [(t["price"], t["liquidity"]) for t in trades] == [(1_000, "taker")]
+    await assert_market_clean(session)
+
+
+async def test_an_order_that_would_fill_beyond_what_the_lock_call_read_waits(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    groups: Groups,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lock call reads of the other side only what the queued orders' quantities can
+    fill (``Reach.asks_need``, ``bids_need``), the rest of a deep level counted: a sell that
+    arrives while the lock is awaited and would need more waits for the next group, which
+    reads again; each fills the buy next in time priority, and the level's events count the
+    orders that were not read."""
+    m = await market(client, sellers=2, buyers=2)
+    product_id = m.product["id"]
+    buys = []
+    for i in range(4):
+        r = await order(client, m.buyers[i % 2], m, "buy", 1_000, 1)
+        assert r.status_code == 201, r.text
+        buys.append(r.json()["id"])
+    # No room for late orders: the lock call reads what the first sell can fill.
+    group._last_sizes.pop(uuid.UUID(product_id), None)
+    monkeypatch.setattr(group, "ROOM_AT_LEAST", 0)
+    listener = await asyncpg.connect(libpq_url(engine.url.render_as_string(hide_password=False)))
+    heard: list[dict[str, Any]] = []
+    await listener.add_listener(
+        market_service.channel(uuid.UUID(product_id)),
+        lambda *args: heard.append(json.loads(args[3])),
+    )
+    groups.clear()
+    async with engine.connect() as other:
+        await other.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('market:' || :p, 0))"),
+            {"p": product_id},
+        )
+        first = asyncio.ensure_future(order(client, m.sellers[0], m, "sell", 1_000, 1))
+        await _until_a_lock_call_waits(engine)
+        later = asyncio.ensure_future(order(client, m.sellers[1], m, "sell", 1_000, 1))
+        for _ in range(500):  # until it waits in the queue
+            if len(group._queues.get(uuid.UUID(product_id), [])) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await other.rollback()  # releases the lock
+    answers = [await first, await later]
+    assert [r.status_code for r in answers] == [201, 201], [r.text for r in answers]
+    assert groups == [1, 1]
+    assert [r.json()["status"] for r in answers] == ["filled", "filled"]
+    for _ in range(100):  # notices arrive after their commits
+        if len([e for e in heard if e["type"] == "level" and e["side"] == "buy"]) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    await listener.close()
+    levels = [(e["quantity"], e["orders"]) for e in heard if e["type"] == "level"]
+    assert levels == [(3, 3), (0, 0), (2, 2), (0, 0)]  # the buys' level, then the sells' own
+    assert [e["side"] for e in heard if e["type"] == "level"] == ["buy", "sell"] * 2
+    still = (
+        await session.execute(
+            text(
+                "SELECT id::text FROM market_orders WHERE product_id = :p AND status = 'open'"
+                " ORDER BY sequence"
+            ),
+            {"p": product_id},
+        )
+    ).scalars()
+    assert list(still) == buys[2:]  # the first two buys filled, in time priority
+    await session.rollback()
     await assert_market_clean(session)

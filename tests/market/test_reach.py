@@ -11,7 +11,7 @@ reach does not cover, and an order placed alone reads only its own reach.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -24,9 +24,11 @@ from app.db.driver import driver_transaction
 from app.db.session import create_sessionmaker
 from app.market import service as market_service
 from app.market.matching import (
+    BookIncomplete,
     Order,
     OrderBook,
     OrderType,
+    PriceLevel,
     Side,
     TimeInForce,
     Trade,
@@ -139,6 +141,111 @@ def test_a_group_matches_within_its_reach_as_against_the_whole_book(
             assert _level(part, side, price) == _level(whole, side, price)
 
 
+def _read(whole: OrderBook, reach: Reach) -> OrderBook:
+    given, hidden = _split(whole, reach)
+    return OrderBook.restore(given, hidden=hidden)
+
+
+def _split(whole: OrderBook, reach: Reach) -> tuple[list[Order], list[tuple[Side, int, int, int]]]:
+    """What the lock call gives (migration 0029, in Python): of each side within ``reach``,
+    in priority order, the orders with less than the side's need open before them; the rest
+    counted per level (side, price, open quantity, orders), sorted."""
+    given: list[Order] = []
+    hidden: dict[tuple[Side, int], list[int]] = {}
+    for side, need in ((Side.SELL, reach.asks_need), (Side.BUY, reach.bids_need)):
+        within = [
+            o
+            for o in whole.resting_orders()
+            if o.side == side and reach.reads(side, o.price)  # type: ignore[arg-type]
+        ]
+        within.sort(key=lambda o: (o.price if side == Side.SELL else -o.price, o.sequence))  # type: ignore[operator]
+        before = 0
+        for o in within:
+            if need is None or before < need:
+                given.append(o)
+            else:
+                level = hidden.setdefault((side, o.price), [0, 0])  # type: ignore[arg-type]
+                level[0] += o.quantity
+                level[1] += 1
+            before += o.quantity
+    return given, sorted((side, price, q, n) for (side, price), (q, n) in hidden.items())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    resting=st.lists(resting_specs, max_size=40),
+    queued=st.lists(incoming_specs, min_size=1, max_size=6),
+    late=st.lists(incoming_specs, max_size=6),
+    room=st.integers(0, 6),
+)
+def test_a_group_matches_what_it_can_fill_as_against_the_whole_book(
+    resting: list[Spec], queued: list[Spec], late: list[Spec], room: int
+) -> None:
+    """Read only as far as the group's quantities (and ``room`` more) can fill each side,
+    the rest counted: the same events, and the levels it touches the same aggregates."""
+    whole = _book([_order(s, i) for i, s in enumerate(resting, 1)])
+    reach = replace(
+        Reach.of((s.side, s.price) for s in queued),
+        asks_need=sum(s.quantity for s in queued if s.side == Side.BUY) + room,
+        bids_need=sum(s.quantity for s in queued if s.side == Side.SELL) + room,
+    )
+    part = _read(whole, reach)
+    # What ``app.market.group._take`` takes: then the late orders as far as the reach covers
+    # them and can fill them all.
+    group = list(queued)
+    assert reach.fits((s.side, s.quantity) for s in group)
+    for spec in late:
+        if not reach.covers(spec.side, spec.price) or not reach.fits(
+            (s.side, s.quantity) for s in [*group, spec]
+        ):
+            break
+        group.append(spec)
+
+    start = len(resting) + 1
+    for sequence, spec in enumerate(group, start):
+        incoming = _order(spec, sequence)
+        events = whole.submit(incoming, band_low=BAND[0], band_high=BAND[1])
+        assert part.submit(incoming, band_low=BAND[0], band_high=BAND[1]) == events
+        touched = {(incoming.side, incoming.price)} if incoming.price is not None else set()
+        for event in events:
+            if isinstance(event, Trade):
+                maker_side = Side.SELL if event.taker_side == Side.BUY else Side.BUY
+                touched.add((maker_side, event.price))
+        for side, price in touched:
+            assert part.level(side, price) == whole.level(side, price)
+    # Every level within the reach is the whole book's, its orders not read counted.
+    for side, levels in ((Side.BUY, whole.depth(None).bids), (Side.SELL, whole.depth(None).asks)):
+        for level in levels:
+            if reach.reads(side, level.price):
+                assert part.level(side, level.price) == level
+
+
+def test_matching_that_needs_an_order_not_given_raises() -> None:
+    """A book given too short for an order: ``BookIncomplete``, never a wrong trade."""
+    book = OrderBook.restore(
+        [_order(Spec(Side.SELL, 1_000, 1, "a", TimeInForce.GTC, False), 1)],
+        hidden=[(Side.SELL, 1_000, 5, 2)],
+    )
+    assert book.level(Side.SELL, 1_000) == PriceLevel(1_000, 6, 3)
+    with pytest.raises(BookIncomplete):
+        book.submit(_order(Spec(Side.BUY, 1_000, 2, "b", TimeInForce.GTC, False), 2))
+    fok = OrderBook.restore(
+        [_order(Spec(Side.SELL, 1_000, 1, "a", TimeInForce.GTC, False), 1)],
+        hidden=[(Side.SELL, 1_001, 5, 2)],
+    )
+    with pytest.raises(BookIncomplete):
+        fok.submit(_order(Spec(Side.BUY, 1_001, 2, "b", TimeInForce.FOK, False), 2))
+    # What the orders given can fill is filled; the hidden orders stay behind.
+    enough = OrderBook.restore(
+        [_order(Spec(Side.SELL, 1_000, 2, "a", TimeInForce.GTC, False), 1)],
+        hidden=[(Side.SELL, 1_000, 5, 2)],
+    )
+    events = enough.submit(_order(Spec(Side.BUY, 1_000, 2, "b", TimeInForce.GTC, False), 2))
+    assert [type(e).__name__ for e in events] == ["Accepted", "Trade", "Done", "Done"]
+    assert enough.level(Side.SELL, 1_000) == PriceLevel(1_000, 5, 2)
+    assert enough.best_ask() == 1_000
+
+
 def test_the_reach_of_orders() -> None:
     assert Reach.of([(Side.BUY, 1_000), (Side.SELL, 990), (Side.BUY, 1_010)]) == Reach(
         asks_to=1_010, bids_from=990
@@ -179,12 +286,57 @@ async def test_the_lock_call_reads_exactly_what_the_reach_reads(
     sessions = create_sessionmaker(engine)
     for reach in reaches:
         async with sessions() as session, driver_transaction(session):
-            _, (resting, _), _, _ = await market_service.lock_product_and_read_book(
+            _, book, _, _ = await market_service.lock_product_and_read_book(
                 session, product_id, reach=reach
             )
+        resting = book.orders
         expected = {i for i, (side, price) in placed.items() if reach.reads(side, price)}
         assert {str(o.id) for o in resting} == expected, reach
     assert len(expected) == len(placed)  # the last reads the whole book
+
+
+async def test_the_lock_call_reads_what_its_needs_can_fill_and_counts_the_rest(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Migration 0029 against its model (``_split``): for each need, the orders read and the
+    levels counted are exactly the model's."""
+    m = await market(client, sellers=2, buyers=2)
+    for side, orgs, price, quantity in [
+        ("sell", m.sellers, 1_000, 2),
+        ("sell", m.sellers, 1_000, 1),
+        ("sell", m.sellers, 1_001, 1),
+        ("sell", m.sellers, 1_000, 3),  # behind the first two at 1,000
+        ("buy", m.buyers, 999, 1),
+        ("buy", m.buyers, 998, 4),
+        ("buy", m.buyers, 999, 2),
+    ]:
+        r = await order(client, orgs[quantity % 2], m, side, price, quantity)
+        assert r.status_code == 201, r.text
+    product_id = uuid.UUID(m.product["id"])
+    sessions = create_sessionmaker(engine)
+    async with sessions() as session, driver_transaction(session):
+        _, book, _, _ = await market_service.lock_product_and_read_book(session, product_id)
+    whole = market_service.restore_book(book.orders)
+    for need in [None, 0, 1, 2, 3, 4, 6, 7, 100]:
+        for reach in [
+            Reach(asks_all=True, bids_all=True, asks_need=need, bids_need=need),
+            Reach(asks_to=1_000, bids_from=999, asks_need=need, bids_need=7),
+        ]:
+            async with sessions() as session, driver_transaction(session):
+                _, book, _, _ = await market_service.lock_product_and_read_book(
+                    session, product_id, reach=reach
+                )
+            given, hidden = _split(whole, reach)
+            assert [o.id for o in book.orders] == [
+                o.order_id for o in sorted(given, key=lambda o: o.sequence)
+            ], reach
+            assert sorted(book.hidden) == hidden, reach
+            if need == 2 and reach.asks_all:  # the model, spelled out once
+                assert hidden == [
+                    (Side.BUY, 998, 4, 1),
+                    (Side.SELL, 1_000, 4, 2),
+                    (Side.SELL, 1_001, 1, 1),
+                ]
 
 
 async def test_an_order_beyond_the_part_of_the_book_read_is_refused(

@@ -1,0 +1,187 @@
+"""A group's lock call reads, of each side, only the orders its quantity can fill.
+
+The lock call (``market_lock_product_and_book``, 0028) read every resting order within the
+reach of the group's prices. At the price where most orders meet, a level can hold hundreds
+of orders (``bench/orders``' own level reached 140 in a run, 222 in another), and every group
+read, sent and rebuilt all of them, though it can fill only as many as its orders' quantity.
+
+Matching takes the other side in priority order (best price, then sequence), and a group's
+orders on one side can take from the other side at most their own total quantity. So the
+call now takes that quantity per side (``p_asks_need``: what the group's buys may take;
+``p_bids_need``: its sells'), and of the orders within the reach it reads, in priority order,
+those whose open quantity before them is below it; the rest of the reach it counts instead,
+per price level (open quantity and orders), in four arrays on the first row. The engine
+holds them behind the orders read (``OrderBook.restore(hidden=…)``), so the levels'
+aggregates, and their ``level`` events, stay exact; if matching ever needed one of them, it
+raises and the group is placed one order at a time. The sellers whose live blocks the call
+reads are those of the sell orders it reads. A NULL quantity reads the whole reach, as
+before.
+
+Written by hand (no table or column changes: ``alembic check`` is unaffected); the downgrade
+restores 0028's function.
+
+Revision ID: 0029
+Revises: 0028
+Create Date: 2026-11-29 15:00:00.000000+00:00
+"""
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+from alembic import op
+
+revision: str = "0029"
+down_revision: str | None = "0028"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_OPEN = "o.product_id = p_id AND (o.status = 'open' OR o.status = 'partially_filled')"
+
+
+def _side(side: str, bound: str, priority: str, need: str, into: str) -> str:
+    """One side's read: the orders within the reach in priority order, those with less than
+    ``need`` open before them kept whole (``into``'s first variable), the others counted per
+    price level (the other three)."""
+    return f"""
+        WITH r AS (
+            SELECT o, o.price, o.quantity - o.filled_quantity AS open,
+                   {need} IS NULL
+                   OR coalesce(sum(o.quantity - o.filled_quantity)
+                                 OVER (ORDER BY {priority}
+                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                               0) < {need} AS shown
+              FROM market_orders o
+             WHERE {_OPEN} AND o.side = '{side}' AND {bound}
+        )
+        SELECT (SELECT coalesce(array_agg(r.o), '{{}}') FROM r WHERE r.shown),
+               h.prices, h.quantities, h.counts
+          INTO {into}
+          FROM (SELECT coalesce(array_agg(g.price ORDER BY g.price), '{{}}') AS prices,
+                       coalesce(array_agg(g.q ORDER BY g.price), '{{}}') AS quantities,
+                       coalesce(array_agg(g.n ORDER BY g.price), '{{}}') AS counts
+                  FROM (SELECT r.price, sum(r.open) AS q, count(*) AS n
+                          FROM r WHERE NOT r.shown GROUP BY r.price) g) h;"""
+
+
+_SELLS = _side(
+    "sell",
+    "o.price <= v_asks_to",
+    "o.price, o.sequence",
+    "p_asks_need",
+    "v_sells, v_ask_prices, v_ask_quantities, v_ask_counts",
+)
+_BUYS = _side(
+    "buy",
+    "o.price >= v_bids_from",
+    "o.price DESC, o.sequence",
+    "p_bids_need",
+    "v_buys, v_bid_prices, v_bid_quantities, v_bid_counts",
+)
+
+UP = [
+    "DROP FUNCTION market_lock_product_and_book(uuid, uuid[], boolean, bigint, boolean, bigint)",
+    f"""
+    CREATE FUNCTION market_lock_product_and_book(
+        p_id uuid, p_holders uuid[],
+        p_asks_all boolean DEFAULT true, p_asks_to bigint DEFAULT NULL,
+        p_bids_all boolean DEFAULT true, p_bids_from bigint DEFAULT NULL,
+        p_asks_need bigint DEFAULT NULL, p_bids_need bigint DEFAULT NULL
+    )
+    RETURNS TABLE (
+        product market_products, book_order market_orders, hold_positions smallint[],
+        hold_batches uuid[], hold_ids uuid[], hold_remaining bigint[],
+        blocks offset_live_block[], blocks_of uuid[],
+        hidden_sides text[], hidden_prices bigint[], hidden_quantities bigint[],
+        hidden_counts bigint[]
+    )
+    LANGUAGE plpgsql
+    AS $$
+    DECLARE
+        v_batch uuid;
+        v_sellers uuid[];
+        v_blocks offset_live_block[];
+        v_asks_to bigint := CASE WHEN p_asks_all THEN 9223372036854775807 ELSE p_asks_to END;
+        v_bids_from bigint := CASE WHEN p_bids_all THEN 0 ELSE p_bids_from END;
+        v_sells market_orders[];
+        v_buys market_orders[];
+        v_ask_prices bigint[];
+        v_ask_quantities bigint[];
+        v_ask_counts bigint[];
+        v_bid_prices bigint[];
+        v_bid_quantities bigint[];
+        v_bid_counts bigint[];
+    BEGIN
+        PERFORM market_lock_product_and_batch(p_id);
+        {_SELLS}
+        {_BUYS}
+        SELECT batch_id INTO v_batch FROM market_products WHERE id = p_id;
+        IF v_batch IS NOT NULL THEN
+            SELECT array_agg(DISTINCT s) INTO v_sellers
+              FROM (SELECT unnest(p_holders) AS s
+                    UNION ALL
+                    SELECT (o).organization_id FROM unnest(v_sells) AS o) x;
+            IF cardinality(v_sellers) > 32 THEN
+                v_sellers := NULL;
+            ELSIF v_sellers IS NOT NULL THEN
+                v_blocks := ARRAY(SELECT c FROM offset_live_copy(v_batch, v_sellers, NULL) c);
+            END IF;
+        END IF;
+        RETURN QUERY
+        SELECT p, b.o, h.hold_positions, h.hold_batches, h.hold_ids, h.hold_remaining,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1 THEN v_blocks END,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1 THEN v_sellers END,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1
+                    THEN array_fill('sell'::text, ARRAY[cardinality(v_ask_prices)])
+                         || array_fill('buy'::text, ARRAY[cardinality(v_bid_prices)]) END,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1
+                    THEN v_ask_prices || v_bid_prices END,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1
+                    THEN v_ask_quantities || v_bid_quantities END,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1
+                    THEN v_ask_counts || v_bid_counts END
+          FROM market_products p
+          LEFT JOIN (SELECT o FROM unnest(v_sells || v_buys) AS o) b ON true
+          LEFT JOIN LATERAL (
+                SELECT array_agg(c.position ORDER BY c.position) AS hold_positions,
+                       array_agg(c.batch_id ORDER BY c.position) AS hold_batches,
+                       array_agg(c.hold_id ORDER BY c.position) AS hold_ids,
+                       array_agg(l.remaining ORDER BY c.position) AS hold_remaining
+                  FROM market_order_credit_holds c CROSS JOIN LATERAL (
+                       SELECT remaining, status FROM ledger_holds
+                        WHERE id = c.hold_id OFFSET 0) l
+                 WHERE c.order_id = (b.o).id AND (b.o).side = 'sell'
+                   AND l.status = 'active' AND l.remaining > 0
+          ) h ON true
+         WHERE p.id = p_id
+         ORDER BY (b.o).sequence;
+    END
+    $$
+    """,
+]
+
+
+def _module_0028():  # type: ignore[no-untyped-def]
+    path = Path(__file__).with_name("2026-11-29-0028_group_reads_the_reachable_book.py")
+    spec = importlib.util.spec_from_file_location("tanso_migration_0028_for_0029", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def upgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    for statement in UP:
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    op.execute(
+        "DROP FUNCTION market_lock_product_and_book(uuid, uuid[], boolean, bigint, boolean,"
+        " bigint, bigint, bigint)"
+    )
+    [create] = [s for s in _module_0028().UP if "CREATE FUNCTION" in s]
+    op.execute(create)
