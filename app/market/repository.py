@@ -93,11 +93,12 @@ _OPEN_ORDERS_WITH_CREDIT_HOLDS = (
     )
     .execution_options(populate_existing=True)
 )
-# The product lock (with the batch's), the book and the sellers' live blocks in one call
-# (migrations 0021, 0022): the product and each resting order column by column, in the
-# models' order; on the first row only, the product, the ``offset_live_copy`` rows (as the
-# driver decodes them) of the sellers it read whole, the levels of the orders it counted but
-# did not read (0029), and the sequences it reserved (0027).
+# The product lock (with the batch's), the book and the live blocks a group can take from in
+# one call (migrations 0021, 0022, 0029): the product and each resting order column by
+# column, in the models' order; on the first row only, the product, the
+# ``offset_live_copy_of`` rows (as the driver decodes them) with the holders and holds they
+# are of, the levels of the orders it counted but did not read (0029), and the sequences it
+# reserved (0027).
 # Read through the driver (``fetch_rows``): loading every resting order through the ORM cost
 # more than the read itself under the product lock (a book of 70: 3.83–3.97 ms for the call
 # and the engine's rebuild, 3.16–3.21 this way), and a group writes few of them (see
@@ -118,6 +119,7 @@ _LOCK_PRODUCT_AND_BOOK = (
     + ", "
     + ", ".join(f"(g.book_order).{c.name}" for c in MarketOrder.__table__.columns)
     + ", g.hold_positions, g.hold_batches, g.hold_ids, g.hold_remaining, g.blocks, g.blocks_of,"
+    " g.blocks_of_holds,"
     " g.hidden_sides, g.hidden_prices, g.hidden_quantities, g.hidden_counts,"
     # Projected after the function ran to its end (a PL/pgSQL function's rows are all made
     # before the first is read), so after the product lock it takes.
@@ -211,8 +213,9 @@ class ProductRepository(Repository[Product]):
     ) -> tuple[Product | None, Book, LiveBlocks | None, list[int]]:
         """``lock_and_reload`` (and the product's batch locked after it, migration 0020) and
         ``open_orders_with_credit_holds`` in one round trip (``market_lock_product_and_book``,
-        migrations 0021 and 0022), with the live blocks of the book's sellers and of
-        ``sellers``, if it read them, and ``reserve`` order sequences taken after the lock
+        migrations 0021 and 0022), with the active blocks of ``sellers`` and the blocks of the
+        credit holds of the sells it read (migration 0029), if it read them, and ``reserve``
+        order sequences taken after the lock
         (migration 0027), rising. ``reach``: only the resting orders within it
         (``app.market.reach``, migration 0028), and with its ``asks_need`` and
         ``bids_need`` only as many of each side as those quantities can fill, the rest
@@ -251,8 +254,10 @@ class ProductRepository(Repository[Product]):
         for row in rows:
             if row[products + _ORDER_ID] is not None:  # none: no resting order, one row
                 book.append((_BOOK_ORDER(row[products:holds]), *row[holds : holds + 4]))
-        copy, of, sides, prices, quantities, counts, sequences = first[products + orders + 4 :]
-        blocks = None if of is None else (of, copy or [])
+        copy, of, of_holds, sides, prices, quantities, counts, sequences = first[
+            products + orders + 4 :
+        ]
+        blocks = None if of is None else (of, of_holds or [], copy or [])
         hidden = [
             (_SIDES_BY_NAME[side], price, quantity, count)
             for side, price, quantity, count in zip(
@@ -280,8 +285,9 @@ class Book(NamedTuple):
     hidden: Sequence[HiddenLevel] = ()
 
 
-# The sellers whose live blocks a call read whole, and the ``offset_live_copy`` rows it read.
-LiveBlocks = tuple[list[uuid.UUID], list[Any]]
+# The holders whose active blocks a call read, the holds whose blocks it read, and the
+# ``offset_live_copy_of`` rows it read (migration 0029).
+LiveBlocks = tuple[list[uuid.UUID], list[uuid.UUID], list[Any]]
 
 
 def _book(rows: Iterable[Any], hidden: Sequence[HiddenLevel] = ()) -> Book:

@@ -85,8 +85,9 @@ ever needed more. An order placed alone still reads its whole reach.
 
 In a group of orders on a batch product, the holds, payments, fees and serial-block changes
 are not sent one by one: ``app.db.deferred`` records them in order while the group is placed
-(the registry works on its own copy of the live blocks, read for every organisation the group
-involves in one statement) and sends them in one call of ``tanso_apply_deferred`` (migration
+(the registry works on its own copy of the live blocks: the active blocks of the group's
+sellers and the blocks of the resting sells' holds it fills, with the blocks touching them,
+read in one statement, not every block of every seller: migration 0029) and sends them in one call of ``tanso_apply_deferred`` (migration
 0015), which writes the hold rows in order, posts every entry in one ``ledger_post_entries``
 call (balances checked after each leg, in order: the refusals of one call per operation) and
 the blocks' net change in two statements. A refusal then surfaces from that call; the group
@@ -1028,8 +1029,9 @@ async def lock_product_and_read_book(
     """``lock_product``, then the product's batch lock (a batch product's group settles on
     it: ``place_orders(batch_locked=True)``), and the book as of the locks (the resting orders
     and the sell orders' credit holds, as ``place_orders`` reads them), in one round trip;
-    on a batch product, with the live blocks of the book's sellers and of ``sellers`` (the
-    queued sell orders' organisations), unless there are too many of them; and ``reserve``
+    on a batch product, with the live blocks the group's serial operations can take from (the
+    active blocks of ``sellers``, the queued sell orders' organisations, and the blocks of
+    the credit holds of the sells read), unless there are too many of them; and ``reserve``
     sequences for new orders (``place_orders(sequences=…)``), taken after the lock.
     ``reach``: only the part of the book that orders within it can touch
     (``app.market.reach``); ``place_orders`` then takes the same ``reach`` and refuses
@@ -1272,17 +1274,16 @@ async def place_orders(
     async with deferred_writes.deferring(session) if defer else nullcontext():
         if defer:
             assert product.batch_id is not None
-            # The sellers' blocks (a buyer only receives: see ``read_live_blocks``).
+            # What the serial operations can touch: the new sells' sellers' active blocks, and
+            # the blocks of the resting sells' holds the fills deliver from (a buyer only
+            # receives: see ``read_live_blocks``).
             sellers = {i.organization_id for i in incoming if i.body.side == Side.SELL}
-            sellers |= {
-                known[_maker(fill)][0]
-                for i in incoming
-                for fill in i.fills
-                if known[_maker(fill)][1] == Side.SELL
-            }
+            holds = {h.hold_id for hs in held_credits.values() for h in hs}
             if read_blocks is not None:  # read with the lock: only those it did not read
                 offsets_service.add_live_blocks(session, product.batch_id, *read_blocks)
-            await offsets_service.read_live_blocks(session, product.batch_id, sorted(sellers))
+            await offsets_service.read_live_blocks(
+                session, product.batch_id, sorted(sellers), sorted(holds)
+            )
         for i in incoming:
             placed = await _hold_and_settle(
                 session, product, i, sell_batches, by_id, accounts, held_credits

@@ -147,10 +147,10 @@ _DELIVERY_BLOCKS_SQL = text(
 )
 # For the copy kept while deferring (through the driver: ``$n`` placeholders; a group reads
 # many blocks at once, where SQLAlchemy's row processing costs more than the query): the
-# blocks of the holders given and of the hold's holder, whole (``own``), and every block
-# touching one of them, whoever holds it (``offset_live_copy``, migration 0022, where the
-# order group's lock call reads it too).
-_COPY_SQL = "SELECT * FROM offset_live_copy($1, $2::uuid[], $3::uuid)"
+# active blocks of the holders given, the blocks of the holds given, and every block touching
+# one of them, whoever holds it (``offset_live_copy_of``, migration 0029, where the order
+# group's lock call reads it too).
+_COPY_SQL = "SELECT * FROM offset_live_copy_of($1, $2::uuid[], $3::uuid[])"
 
 
 async def live_blocks(
@@ -208,20 +208,24 @@ def _block(row: Sequence[Any]) -> serials.Block:
 class _LiveCopy:
     """The live blocks read so far, per batch, with the deferred changes applied.
 
-    A holder is *whole* here once all its blocks were read (it is a source: it holds, sells,
-    releases); the blocks touching a whole holder's come with them, whoever holds them. That
-    is all an operation needs: a pure operation takes, closes and merges only among the
-    blocks passed in, from its whole source holder's, and merges a delivery only with blocks
-    touching the source's (``receiving``). Every serial a group moves was a whole holder's
-    when read, so every block that can touch a moved piece is here (read, or made by the
-    group), and the database is still right about every block not here. Kept by holder, with
-    the holder of each hold that has held blocks here, so an operation looks only at its
-    holders' blocks, as the database query would."""
+    What an operation takes from is read before it runs: a holder's *active* blocks (it
+    holds, transfers or retires credits) or a hold's blocks (it delivers or releases them),
+    each with every live block touching them, whoever holds it. That is all an operation
+    needs: a pure operation takes only from its source's active blocks or from its hold's,
+    and merges what it moves only with blocks touching them (the merge key includes the state
+    and the hold, so another hold's blocks never merge). Every serial a group moves was read
+    so, so every block that can touch a moved piece is here (read, or made by the group), and
+    the database is still right about every block not here. A holder's blocks are read only
+    as far as that: a seller with many resting sells has a held block for each, and reading
+    them all for every group cost a group their number (``bench/orders --spread``). Kept by
+    holder, with the holder of each hold that has held blocks here, so an operation looks
+    only at its holders' blocks, as the database query would."""
 
     def __init__(self) -> None:
         # batch -> holder -> block id -> block (known live blocks)
         self.blocks: dict[uuid.UUID, dict[uuid.UUID, dict[uuid.UUID, serials.Block]]] = {}
-        self.whole: dict[uuid.UUID, set[uuid.UUID]] = {}  # batch -> holders read whole
+        self.active: dict[uuid.UUID, set[uuid.UUID]] = {}  # batch -> holders' active read
+        self.read_holds: dict[uuid.UUID, set[uuid.UUID]] = {}  # batch -> holds' blocks read
         self.closed: set[uuid.UUID] = set()  # blocks the deferred changes closed
         # hold -> (its holder, how many of its blocks are live here)
         self.holds: dict[uuid.UUID, tuple[uuid.UUID, int]] = {}
@@ -231,32 +235,31 @@ class _LiveCopy:
         session: AsyncSession,
         batch_id: uuid.UUID,
         holders: Sequence[uuid.UUID],
-        hold_id: uuid.UUID | None = None,
+        holds: Sequence[uuid.UUID] = (),
     ) -> None:
-        """Read whole the holders (and the hold's holder) that are not yet."""
-        self.blocks.setdefault(batch_id, {})
-        whole = self.whole.setdefault(batch_id, set())
-        missing = [h for h in dict.fromkeys(holders) if h not in whole]
-        if hold_id is not None and hold_id in self.holds and self.holds[hold_id][0] in whole:
-            hold_id = None
-        if not missing and hold_id is None:
+        """Read the holders' active blocks and the holds' blocks that are not read yet."""
+        active = self.active.setdefault(batch_id, set())
+        read_holds = self.read_holds.setdefault(batch_id, set())
+        missing = [h for h in dict.fromkeys(holders) if h not in active]
+        missing_holds = [h for h in dict.fromkeys(holds) if h not in read_holds]
+        if not missing and not missing_holds:
             return
-        rows = await fetch_rows(session, _COPY_SQL, [batch_id, missing, hold_id])
-        self.add_read(batch_id, missing, rows)
+        rows = await fetch_rows(session, _COPY_SQL, [batch_id, missing, missing_holds])
+        self.add_read(batch_id, missing, missing_holds, rows)
 
     def add_read(
-        self, batch_id: uuid.UUID, holders: Iterable[uuid.UUID], rows: Iterable[Sequence[Any]]
+        self,
+        batch_id: uuid.UUID,
+        holders: Iterable[uuid.UUID],
+        holds: Iterable[uuid.UUID],
+        rows: Iterable[Sequence[Any]],
     ) -> None:
-        """Rows of ``offset_live_copy`` for these holders (read whole), read under the batch
-        lock that is still held."""
+        """Rows of ``offset_live_copy_of`` for these holders' active blocks and these holds'
+        blocks, read under the batch lock that is still held."""
         self.blocks.setdefault(batch_id, {})
-        whole = self.whole.setdefault(batch_id, set())
-        whole.update(holders)
-        for row in rows:
-            block = _block(row)
-            if row[9]:
-                whole.add(block.holder)
-            self._add([block])
+        self.active.setdefault(batch_id, set()).update(holders)
+        self.read_holds.setdefault(batch_id, set()).update(holds)
+        self._add(_block(row) for row in rows)
 
     def _add(self, blocks: Iterable[serials.Block]) -> None:
         for block in blocks:
@@ -277,7 +280,13 @@ class _LiveCopy:
         *,
         receiving: bool = False,
     ) -> list[serials.Block]:
-        await self.load(session, batch_id, [] if receiving else holders, hold_id)
+        """The blocks of ``holders`` and of the hold's holder known here, once what the
+        operation takes from is read: the hold's blocks (a delivery or a release), or else
+        the holders' active blocks."""
+        if hold_id is not None:
+            await self.load(session, batch_id, [], [hold_id])
+        else:
+            await self.load(session, batch_id, [] if receiving else holders)
         wanted = set(holders)
         if hold_id is not None and hold_id in self.holds:
             wanted.add(self.holds[hold_id][0])
@@ -288,6 +297,10 @@ class _LiveCopy:
         )
 
     def apply(self, change: serials.BlockChange) -> None:
+        # A hold's blocks made here are all here: an operation on it reads nothing more.
+        for block in change.created:
+            if block.hold_ref is not None:
+                self.read_holds.setdefault(block.batch_id, set()).add(block.hold_ref)
         for block in change.closed:
             del self.blocks[block.batch_id][block.holder][block.id]
             self.closed.add(block.id)
@@ -309,25 +322,30 @@ def _live_copy(writes: deferred_writes.DeferredWrites) -> _LiveCopy:
 
 
 async def read_live_blocks(
-    session: AsyncSession, batch_id: uuid.UUID, holders: Iterable[uuid.UUID]
+    session: AsyncSession,
+    batch_id: uuid.UUID,
+    holders: Iterable[uuid.UUID],
+    holds: Iterable[uuid.UUID] = (),
 ) -> None:
-    """While deferring, read the holders' live blocks of the batch, and those touching them,
-    into the copy in one statement (a group of orders reads those of all its sellers at
-    once)."""
+    """While deferring, read the holders' active blocks of the batch and the holds' blocks,
+    and those touching them, into the copy in one statement (a group of orders reads what
+    all its sells and fills take from at once)."""
     if (writes := deferred_writes.deferred(session)) is not None:
-        await _live_copy(writes).load(session, batch_id, list(holders))
+        await _live_copy(writes).load(session, batch_id, list(holders), list(holds))
 
 
 def add_live_blocks(
     session: AsyncSession,
     batch_id: uuid.UUID,
     holders: Iterable[uuid.UUID],
+    holds: Iterable[uuid.UUID],
     rows: Iterable[Sequence[Any]],
 ) -> None:
-    """While deferring, take into the copy the holders' live blocks (and those touching them)
-    as another call read them, under the batch lock held since (``offset_live_copy`` rows)."""
+    """While deferring, take into the copy the holders' active blocks and the holds' blocks
+    (and those touching them) as another call read them, under the batch lock held since
+    (``offset_live_copy_of`` rows)."""
     if (writes := deferred_writes.deferred(session)) is not None:
-        _live_copy(writes).add_read(batch_id, holders, rows)
+        _live_copy(writes).add_read(batch_id, holders, holds, rows)
 
 
 # Persisting a change is one call of ``offset_apply_change`` (migration 0013): close the old

@@ -424,23 +424,28 @@ async def settle_credits_many(
 
 
 async def read_live_blocks(
-    session: AsyncSession, batch_id: uuid.UUID, holders: Sequence[uuid.UUID]
+    session: AsyncSession,
+    batch_id: uuid.UUID,
+    holders: Sequence[uuid.UUID],
+    holds: Sequence[uuid.UUID] = (),
 ) -> None:
-    """While the session defers its writes (``app.db.deferred``), read the live blocks of the
-    batch's sources (the holders that will hold, sell or release credits) at once, for the
-    ``*_locked`` operations below to work on; those that only receive need not be read."""
-    await repo.read_live_blocks(session, batch_id, holders)
+    """While the session defers its writes (``app.db.deferred``), read at once what the
+    ``*_locked`` operations below will work on: the active blocks of the holders that will
+    hold credits, and the blocks of the holds that will deliver or release them (with the
+    blocks touching either); those that only receive need not be read."""
+    await repo.read_live_blocks(session, batch_id, holders, holds)
 
 
 def add_live_blocks(
     session: AsyncSession,
     batch_id: uuid.UUID,
     holders: Sequence[uuid.UUID],
+    holds: Sequence[uuid.UUID],
     rows: Sequence[Sequence[Any]],
 ) -> None:
     """``read_live_blocks``, with the rows another call read under the batch lock held since
-    (the order group's lock call, migration 0022)."""
-    repo.add_live_blocks(session, batch_id, holders, rows)
+    (the order group's lock call, migration 0029)."""
+    repo.add_live_blocks(session, batch_id, holders, holds, rows)
 
 
 async def hold_credits_locked(

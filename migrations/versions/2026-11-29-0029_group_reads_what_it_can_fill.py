@@ -1,4 +1,5 @@
-"""A group's lock call reads, of each side, only the orders its quantity can fill.
+"""A group's lock call reads, of each side, only the orders its quantity can fill, and of the
+serial blocks only those its operations take from.
 
 The lock call (``market_lock_product_and_book``, 0028) read every resting order within the
 reach of the group's prices. At the price where most orders meet, a level can hold hundreds
@@ -13,12 +14,22 @@ those whose open quantity before them is below it; the rest of the reach it coun
 per price level (open quantity and orders), in four arrays on the first row. The engine
 holds them behind the orders read (``OrderBook.restore(hidden=…)``), so the levels'
 aggregates, and their ``level`` events, stay exact; if matching ever needed one of them, it
-raises and the group is placed one order at a time. The sellers whose live blocks the call
-reads are those of the sell orders it reads. A NULL quantity reads the whole reach, as
-before.
+raises and the group is placed one order at a time. A NULL quantity reads the whole reach,
+as before.
+
+The live blocks the call reads for the registry's copy (``app.offsets.repository._LiveCopy``)
+were every block of the queued sellers and of the sellers of the sells read: a seller with
+many resting sells has a held block for each, and with ``bench/orders --spread 5`` reading
+them (and the blocks touching each) took 10 ms of every lock call. A group's operations take
+only from a seller's active blocks (a new sell's hold) or from a hold's blocks (a fill's
+delivery, a release), and merge only with the blocks touching those: so a new function,
+``offset_live_copy_of(batch, holders, holds)``, reads the holders' active blocks, the holds'
+blocks, and every live block touching one of them; the call reads the queued sellers' active
+blocks and the blocks of the credit holds of the sells it read, and returns the holds too
+(``blocks_of_holds``). ``offset_live_copy`` stays (unused by the application).
 
 Written by hand (no table or column changes: ``alembic check`` is unaffected); the downgrade
-restores 0028's function.
+restores 0028's function and drops the new one.
 
 Revision ID: 0029
 Revises: 0028
@@ -37,6 +48,59 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _OPEN = "o.product_id = p_id AND (o.status = 'open' OR o.status = 'partially_filled')"
+_COLUMNS = (
+    "id, batch_id, holder_organization_id, serial_start, serial_end, state, parent_ids,"
+    " hold_id, retirement_id"
+)
+
+
+def _of_holder(holder: str) -> str:
+    """``p_batch``'s live blocks of ``holder``: a look-up in the live-blocks B-tree index only
+    (migration 0025)."""
+    return (
+        f"(batch_id, holder_organization_id) >= (p_batch, {holder})"
+        f" AND (batch_id, holder_organization_id) <= (p_batch, {holder})"
+        f" AND holder_organization_id = {holder} AND closed_at IS NULL"
+    )
+
+
+# What a group's operations on the serial blocks can touch: the active blocks of the holders
+# that will hold credits (a new sell order), the blocks of the holds it may deliver from or
+# release (the resting sells it reads), and every live block touching one of them, whoever
+# holds it (all a delivery, a release or a hold can merge with). One look-up per holder in
+# the live-blocks index (the holds' holders found by the holds' keys, one look-up each: as
+# ``id = ANY (…)`` a plan made on small statistics scanned every hold), each filtered to its
+# active blocks or the holds' blocks; the touching ones as ``offset_live_copy`` finds them.
+LIVE_COPY_OF = f"""
+    CREATE FUNCTION offset_live_copy_of(p_batch uuid, p_holders uuid[], p_holds uuid[])
+    RETURNS SETOF offset_live_block
+    LANGUAGE sql STABLE
+    AS $$
+        WITH m AS MATERIALIZED (
+            SELECT b.*
+              FROM (SELECT DISTINCT unnest(p_holders || ARRAY(
+                        SELECT l.organization_id FROM unnest(p_holds) AS x (id)
+                         CROSS JOIN LATERAL (
+                               SELECT organization_id FROM ledger_holds
+                                WHERE id = x.id OFFSET 0) l)) AS id) h
+             CROSS JOIN LATERAL (
+                   SELECT {_COLUMNS} FROM offset_blocks
+                    WHERE {_of_holder("h.id")}
+                      AND ((state = 'active' AND h.id = ANY (p_holders))
+                           OR hold_id = ANY (p_holds)) OFFSET 0) b
+        )
+        SELECT {_COLUMNS}, true FROM m
+        UNION ALL
+        SELECT DISTINCT o.id, o.batch_id, o.holder_organization_id, o.serial_start,
+               o.serial_end, o.state, o.parent_ids, o.hold_id, o.retirement_id, false
+          FROM m CROSS JOIN LATERAL (
+                SELECT {_COLUMNS} FROM offset_blocks
+                 WHERE batch_id = p_batch AND closed_at IS NULL
+                   AND int8range(serial_start, serial_end, '[]')
+                       && int8range(m.serial_start - 1, m.serial_end + 1, '[]') OFFSET 0) o
+         WHERE o.id <> ALL (ARRAY(SELECT id FROM m))
+    $$
+"""
 
 
 def _side(side: str, bound: str, priority: str, need: str, into: str) -> str:
@@ -80,6 +144,7 @@ _BUYS = _side(
 )
 
 UP = [
+    LIVE_COPY_OF,
     "DROP FUNCTION market_lock_product_and_book(uuid, uuid[], boolean, bigint, boolean, bigint)",
     f"""
     CREATE FUNCTION market_lock_product_and_book(
@@ -91,7 +156,7 @@ UP = [
     RETURNS TABLE (
         product market_products, book_order market_orders, hold_positions smallint[],
         hold_batches uuid[], hold_ids uuid[], hold_remaining bigint[],
-        blocks offset_live_block[], blocks_of uuid[],
+        blocks offset_live_block[], blocks_of uuid[], blocks_of_holds uuid[],
         hidden_sides text[], hidden_prices bigint[], hidden_quantities bigint[],
         hidden_counts bigint[]
     )
@@ -99,8 +164,9 @@ UP = [
     AS $$
     DECLARE
         v_batch uuid;
-        v_sellers uuid[];
+        v_holds uuid[];
         v_blocks offset_live_block[];
+        v_read boolean := false;
         v_asks_to bigint := CASE WHEN p_asks_all THEN 9223372036854775807 ELSE p_asks_to END;
         v_bids_from bigint := CASE WHEN p_bids_all THEN 0 ELSE p_bids_from END;
         v_sells market_orders[];
@@ -117,20 +183,33 @@ UP = [
         {_BUYS}
         SELECT batch_id INTO v_batch FROM market_products WHERE id = p_id;
         IF v_batch IS NOT NULL THEN
-            SELECT array_agg(DISTINCT s) INTO v_sellers
-              FROM (SELECT unnest(p_holders) AS s
-                    UNION ALL
-                    SELECT (o).organization_id FROM unnest(v_sells) AS o) x;
-            IF cardinality(v_sellers) > 32 THEN
-                v_sellers := NULL;
-            ELSIF v_sellers IS NOT NULL THEN
-                v_blocks := ARRAY(SELECT c FROM offset_live_copy(v_batch, v_sellers, NULL) c);
+            -- The credit holds of the sells read (those with something left), and the queued
+            -- sellers' active blocks: what the group's fills and new sells can touch.
+            -- (Each looked up by its key: LATERAL with OFFSET 0, as in the book's read.)
+            v_holds := ARRAY(
+                SELECT c.hold_id
+                  FROM unnest(v_sells) AS o
+                 CROSS JOIN LATERAL (
+                       SELECT hold_id FROM market_order_credit_holds
+                        WHERE order_id = (o).id OFFSET 0) c
+                 CROSS JOIN LATERAL (
+                       SELECT remaining, status FROM ledger_holds
+                        WHERE id = c.hold_id OFFSET 0) l
+                 WHERE l.status = 'active' AND l.remaining > 0);
+            IF cardinality(p_holders) <= 32 AND cardinality(v_holds) <= 256 THEN
+                v_read := true;
+                v_blocks := ARRAY(
+                    SELECT c FROM offset_live_copy_of(v_batch, p_holders, v_holds) c);
             END IF;
         END IF;
         RETURN QUERY
         SELECT p, b.o, h.hold_positions, h.hold_batches, h.hold_ids, h.hold_remaining,
-               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1 THEN v_blocks END,
-               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1 THEN v_sellers END,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1 AND v_read
+                    THEN v_blocks END,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1 AND v_read
+                    THEN p_holders END,
+               CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1 AND v_read
+                    THEN v_holds END,
                CASE WHEN row_number() OVER (ORDER BY (b.o).sequence) = 1
                     THEN array_fill('sell'::text, ARRAY[cardinality(v_ask_prices)])
                          || array_fill('buy'::text, ARRAY[cardinality(v_bid_prices)]) END,
@@ -185,3 +264,4 @@ def downgrade() -> None:
     )
     [create] = [s for s in _module_0028().UP if "CREATE FUNCTION" in s]
     op.execute(create)
+    op.execute("DROP FUNCTION offset_live_copy_of(uuid, uuid[], uuid[])")

@@ -249,17 +249,21 @@ async def assert_book_reads_agree(session: AsyncSession) -> None:
         assert in_lock_hidden == []  # no reach: every resting order is read
         assert locked is not None
         with_lock = (_columns(locked), [_columns(o) for o in in_lock], in_lock_holds)
-        if blocks is not None:  # every live block of the sellers it read whole, as theirs
-            sellers, rows = blocks
+        if blocks is not None:  # the holders' active blocks and the holds' blocks it read
+            holders, block_holds, rows = blocks
             live = await session.execute(
                 text(
                     "SELECT id FROM offset_blocks WHERE batch_id = :b AND closed_at IS NULL"
-                    " AND holder_organization_id = ANY(CAST(:h AS uuid[]))"
+                    " AND ((holder_organization_id = ANY(CAST(:h AS uuid[]))"
+                    "       AND state = 'active') OR hold_id = ANY(CAST(:holds AS uuid[])))"
                 ),
-                {"b": locked.batch_id, "h": sellers},
+                {"b": locked.batch_id, "h": holders, "holds": block_holds},
             )
             assert {r[0] for r in rows if r[9]} == set(live.scalars())
-            assert {o.organization_id for o in in_lock if o.side == "sell"} <= set(sellers)
+            # Every credit hold of the sells it read.
+            assert {
+                h[2] for o in in_lock if o.side == "sell" for h in in_lock_holds.get(o.id, [])
+            } <= set(block_holds)
         await session.rollback()  # the locks
         session.expunge_all()
         resting, holds, hidden = await repository.open_orders_with_credit_holds(product_id)

@@ -127,14 +127,14 @@ async def test_a_groups_lock_call_reads_its_reach_only_however_deep_the_book(
         assert r.status_code == 201, r.text
     product = uuid.UUID(m.product["id"])
     away = uuid.UUID(m.sellers[1].id)
-    calls = {  # each with what it returns: (orders, sellers whose blocks it read)
+    calls = {  # each with what it returns: (orders, holds whose blocks it read)
         "market_lock_product_and_book": (
-            "SELECT count(book_order), max(cardinality(blocks_of))"
+            "SELECT count(book_order), max(cardinality(blocks_of_holds))"
             " FROM market_lock_product_and_book($1, '{}'::uuid[], false, 1010, false, 990)"
         ),
         # Only what a quantity of 1 a side can fill (migration 0029).
         "market_lock_product_and_book, needs": (
-            "SELECT count(book_order), max(cardinality(blocks_of))"
+            "SELECT count(book_order), max(cardinality(blocks_of_holds))"
             " FROM market_lock_product_and_book($1, '{}'::uuid[], false, 1010, false, 990, 1, 1)"
         ),
         # The same reach read by an order placed alone (``open_orders_with_credit_holds``).

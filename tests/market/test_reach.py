@@ -18,7 +18,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db.driver import driver_transaction
 from app.db.session import create_sessionmaker
@@ -36,7 +37,7 @@ from app.market.matching import (
 from app.market.reach import Reach
 from app.market.repository import OrderRepository
 from app.market.schemas import OrderCreate
-from tests.market.helpers import market, order
+from tests.market.helpers import assert_market_clean, market, order
 
 BAND = (900, 1_100)
 OWNERS = ["a", "b", "c", "d"]
@@ -394,3 +395,61 @@ async def test_an_order_placed_alone_reads_only_its_own_reach(
     assert r.status_code == 201, r.text
     assert r.json()["status"] == "filled"
     assert read == [2]  # the two sells at 1,000, not the three above
+
+
+async def test_a_group_reads_the_blocks_its_fills_take_from_not_the_sellers_every_block(
+    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    """A seller with many resting sells has a held block for each. The lock call reads the
+    blocks of the holds the group can fill (and those touching them) and the queued sellers'
+    active blocks, not every block of every seller in reach (migration 0029); the group then
+    settles on that copy what the database holds."""
+    m = await market(client, sellers=2, buyers=1)
+    for i in range(20):
+        r = await order(client, m.sellers[0], m, "sell", 1_001 + i, 1)
+        assert r.status_code == 201, r.text
+    first_hold = (
+        await session.execute(
+            text(
+                "SELECT c.hold_id FROM market_orders o"
+                " JOIN market_order_credit_holds c ON c.order_id = o.id"
+                " WHERE o.product_id = :p ORDER BY o.sequence LIMIT 1"
+            ),
+            {"p": m.product["id"]},
+        )
+    ).scalar_one()
+    await session.rollback()
+    product_id = uuid.UUID(m.product["id"])
+    buyer, other_seller = uuid.UUID(m.buyers[0].id), uuid.UUID(m.sellers[1].id)
+    items = [
+        (buyer, OrderCreate(product=m.code, side=Side.BUY, price=1_001, quantity=1)),
+        (other_seller, OrderCreate(product=m.code, side=Side.SELL, price=1_030, quantity=1)),
+    ]
+    reach = replace(Reach.of((b.side, b.price) for _, b in items), asks_need=1, bids_need=1)
+    async with create_sessionmaker(engine)() as s, driver_transaction(s):
+        product, book, blocks, sequences = await market_service.lock_product_and_read_book(
+            s, product_id, [other_seller], reserve=2, reach=reach
+        )
+        assert blocks is not None
+        holders, holds, rows = blocks
+        assert (holders, holds) == ([other_seller], [first_hold])
+        # The other seller's one active block, the hold's one block; and what touches them.
+        assert sorted((r[2] == other_seller, r[5], r[9]) for r in rows if r[9]) == [
+            (False, "held", True),
+            (True, "active", True),
+        ]
+        assert len(rows) <= 6
+        placed = await market_service.place_orders(
+            s,
+            product_id,
+            items,
+            locked=product,
+            batch_locked=True,
+            read_book=book,
+            read_blocks=blocks,
+            sequences=sequences,
+            reach=reach,
+            commit=True,
+        )
+    assert [p.order.status for p in placed] == ["filled", "open"]
+    await assert_market_clean(session)

@@ -60,7 +60,10 @@ async def test_a_holders_blocks_are_looked_up_by_holder(
     first = int(issued.batch["serial_start"])
     owners = [uuid.UUID(owner.id)]
     statements = {
-        "offset_live_copy": repository._COPY_SQL,
+        # Migration 0022/0025's whole-holder copy (no longer called by the app), and 0029's
+        # copy of the holders' active blocks and the holds' blocks (``_LiveCopy``).
+        "offset_live_copy": "SELECT * FROM offset_live_copy($1, $2::uuid[], $3::uuid)",
+        "offset_live_copy_of": repository._COPY_SQL.replace("$3::uuid[]", "ARRAY[$3::uuid]"),
         "the holders' blocks": _numbered(str(repository._LIVE_BLOCKS_OF_SQL)),
         "a delivery's blocks": _numbered(str(repository._DELIVERY_BLOCKS_SQL)),
     }
