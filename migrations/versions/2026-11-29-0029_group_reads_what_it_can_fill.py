@@ -48,20 +48,22 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _OPEN = "o.product_id = p_id AND (o.status = 'open' OR o.status = 'partially_filled')"
-_COLUMNS = (
-    "id, batch_id, holder_organization_id, serial_start, serial_end, state, parent_ids,"
-    " hold_id, retirement_id"
-)
 
 
-def _of_holder(holder: str) -> str:
-    """``p_batch``'s live blocks of ``holder``: a look-up in the live-blocks B-tree index only
-    (migration 0025)."""
-    return (
-        f"(batch_id, holder_organization_id) >= (p_batch, {holder})"
-        f" AND (batch_id, holder_organization_id) <= (p_batch, {holder})"
-        f" AND holder_organization_id = {holder} AND closed_at IS NULL"
-    )
+def _module(name: str):  # type: ignore[no-untyped-def]
+    """An earlier migration's module (its SQL pieces, and its function for the downgrade)."""
+    path = Path(__file__).with_name(name)
+    spec = importlib.util.spec_from_file_location(f"tanso_migration_{path.stem}_for_0029", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A holder's live blocks as 0025 looks them up (in the live-blocks B-tree index only).
+_0025 = _module("2026-11-29-0025_live_blocks_by_holder.py")
+_COLUMNS = _0025._COLUMNS
 
 
 # What a group's operations on the serial blocks can touch: the active blocks of the holders
@@ -85,7 +87,7 @@ LIVE_COPY_OF = f"""
                                 WHERE id = x.id OFFSET 0) l)) AS id) h
              CROSS JOIN LATERAL (
                    SELECT {_COLUMNS} FROM offset_blocks
-                    WHERE {_of_holder("h.id")}
+                    WHERE {_0025._of_holder("p_batch", "h.id")}
                       AND ((state = 'active' AND h.id = ANY (p_holders))
                            OR hold_id = ANY (p_holds)) OFFSET 0) b
         )
@@ -240,16 +242,6 @@ UP = [
 ]
 
 
-def _module_0028():  # type: ignore[no-untyped-def]
-    path = Path(__file__).with_name("2026-11-29-0028_group_reads_the_reachable_book.py")
-    spec = importlib.util.spec_from_file_location("tanso_migration_0028_for_0029", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
     for statement in UP:
@@ -262,6 +254,10 @@ def downgrade() -> None:
         "DROP FUNCTION market_lock_product_and_book(uuid, uuid[], boolean, bigint, boolean,"
         " bigint, bigint, bigint)"
     )
-    [create] = [s for s in _module_0028().UP if "CREATE FUNCTION" in s]
+    [create] = [
+        s
+        for s in _module("2026-11-29-0028_group_reads_the_reachable_book.py").UP
+        if "CREATE FUNCTION" in s
+    ]
     op.execute(create)
     op.execute("DROP FUNCTION offset_live_copy_of(uuid, uuid[], uuid[])")

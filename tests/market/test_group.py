@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -210,24 +211,16 @@ async def test_orders_arriving_while_another_process_holds_the_lock_go_as_one_gr
     process (here: another connection) held the product's lock goes in it, the first too."""
     m = await market(client, sellers=2, buyers=2)
     groups.clear()
-    async with engine.connect() as other:
-        await other.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended('market:' || :p, 0))"),
-            {"p": m.product["id"]},
-        )
+    async with _lock_held_elsewhere(engine, m.product["id"]):
         sends = [
             asyncio.ensure_future(order(client, m.buyers[0], m, "buy", 1_000, 1)),
             asyncio.ensure_future(order(client, m.sellers[0], m, "sell", 1_000, 1)),
             asyncio.ensure_future(order(client, m.buyers[1], m, "buy", 1_000, 1)),
             asyncio.ensure_future(order(client, m.sellers[1], m, "sell", 1_000, 1)),
         ]
-        for _ in range(500):  # until all four wait in the queue
-            if len(group._queues.get(uuid.UUID(m.product["id"]), [])) == len(sends):
-                break
-            await asyncio.sleep(0.01)
+        await _until_queued(m.product["id"], len(sends))  # all four
         await asyncio.sleep(0.05)
         assert not any(s.done() for s in sends)  # nothing placed while the lock is held
-        await other.rollback()  # releases the lock
     answers = await asyncio.gather(*sends)
     assert [r.status_code for r in answers] == [201] * 4, [r.text for r in answers]
     assert groups == [4]
@@ -277,6 +270,27 @@ async def test_a_group_whose_connection_fails_at_its_commit_is_placed_exactly_on
     assert stored == {uuid.UUID(r.json()["id"]): r.json()["sequence"] for r in answers}
     assert len(await _trades(session)) == 2
     await assert_market_clean(session)
+
+
+@asynccontextmanager
+async def _lock_held_elsewhere(engine: AsyncEngine, product_id: str) -> AsyncIterator[None]:
+    """The product's lock held by another connection (as by another process) until the end
+    of the block."""
+    async with engine.connect() as other:
+        await other.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('market:' || :p, 0))"),
+            {"p": product_id},
+        )
+        yield
+        await other.rollback()  # releases the lock
+
+
+async def _until_queued(product_id: str, orders: int) -> None:
+    """Until ``orders`` wait in this process's queue for the product (5 s at most)."""
+    for _ in range(500):  # polled: the queue is the module's own list
+        if len(group._queues.get(uuid.UUID(product_id), [])) == orders:
+            return
+        await asyncio.sleep(0.01)
 
 
 async def _until_a_lock_call_waits(engine: AsyncEngine) -> None:
@@ -381,21 +395,13 @@ async def test_an_order_beyond_what_the_lock_call_read_waits_for_the_next_group(
     m = await market(client, sellers=1, buyers=2)
     product_id = m.product["id"]
     groups.clear()
-    async with engine.connect() as other:
-        await other.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended('market:' || :p, 0))"),
-            {"p": product_id},
-        )
+    async with _lock_held_elsewhere(engine, product_id):
         first = asyncio.ensure_future(order(client, m.buyers[0], m, "buy", 1_000, 1))
         await _until_a_lock_call_waits(engine)
         later = []
         for side, org, price in [("sell", m.sellers[0], 990), ("buy", m.buyers[1], 1_000)]:
             later.append(asyncio.ensure_future(order(client, org, m, side, price, 1)))
-            for _ in range(500):  # until it waits in the queue, in this order
-                if len(group._queues.get(uuid.UUID(product_id), [])) == len(later) + 1:
-                    break
-                await asyncio.sleep(0.01)
-        await other.rollback()  # releases the lock
+            await _until_queued(product_id, len(later) + 1)  # in this order
     answers = [await first, *await asyncio.gather(*later)]
     assert [r.status_code for r in answers] == [201] * 3, [r.text for r in answers]
     assert groups == [1, 2]
@@ -435,19 +441,11 @@ async def test_an_order_that_would_fill_beyond_what_the_lock_call_read_waits(
         lambda *args: heard.append(json.loads(args[3])),
     )
     groups.clear()
-    async with engine.connect() as other:
-        await other.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended('market:' || :p, 0))"),
-            {"p": product_id},
-        )
+    async with _lock_held_elsewhere(engine, product_id):
         first = asyncio.ensure_future(order(client, m.sellers[0], m, "sell", 1_000, 1))
         await _until_a_lock_call_waits(engine)
         later = asyncio.ensure_future(order(client, m.sellers[1], m, "sell", 1_000, 1))
-        for _ in range(500):  # until it waits in the queue
-            if len(group._queues.get(uuid.UUID(product_id), [])) == 2:
-                break
-            await asyncio.sleep(0.01)
-        await other.rollback()  # releases the lock
+        await _until_queued(product_id, 2)
     answers = [await first, await later]
     assert [r.status_code for r in answers] == [201, 201], [r.text for r in answers]
     assert groups == [1, 1]

@@ -26,6 +26,7 @@ from app.db.session import create_sessionmaker
 from app.market import service as market_service
 from app.market.matching import (
     BookIncomplete,
+    Event,
     Order,
     OrderBook,
     OrderType,
@@ -98,6 +99,16 @@ def _book(orders: list[Order]) -> OrderBook:
     return OrderBook.restore(book.resting_orders())
 
 
+def _touched(incoming: Order, events: list[Event]) -> set[tuple[Side, int]]:
+    """The levels ``place_orders`` publishes: the order's own and its makers'."""
+    touched = {(incoming.side, incoming.price)} if incoming.price is not None else set()
+    for event in events:
+        if isinstance(event, Trade):
+            maker_side = Side.SELL if event.taker_side == Side.BUY else Side.BUY
+            touched.add((maker_side, event.price))
+    return touched
+
+
 def _level(book: OrderBook, side: Side, price: int) -> list[tuple[object, int | None]]:
     return [(i, book.open_quantity(i)) for i in book.orders_at(side, price)]
 
@@ -132,13 +143,7 @@ def test_a_group_matches_within_its_reach_as_against_the_whole_book(
         incoming = _order(spec, sequence)
         events = whole.submit(incoming, band_low=BAND[0], band_high=BAND[1])
         assert part.submit(incoming, band_low=BAND[0], band_high=BAND[1]) == events
-        # The levels ``place_orders`` publishes: the order's own and its makers'.
-        touched = {(incoming.side, incoming.price)} if incoming.price is not None else set()
-        for event in events:
-            if isinstance(event, Trade):
-                maker_side = Side.SELL if event.taker_side == Side.BUY else Side.BUY
-                touched.add((maker_side, event.price))
-        for side, price in touched:
+        for side, price in _touched(incoming, events):
             assert _level(part, side, price) == _level(whole, side, price)
 
 
@@ -207,12 +212,7 @@ def test_a_group_matches_what_it_can_fill_as_against_the_whole_book(
         incoming = _order(spec, sequence)
         events = whole.submit(incoming, band_low=BAND[0], band_high=BAND[1])
         assert part.submit(incoming, band_low=BAND[0], band_high=BAND[1]) == events
-        touched = {(incoming.side, incoming.price)} if incoming.price is not None else set()
-        for event in events:
-            if isinstance(event, Trade):
-                maker_side = Side.SELL if event.taker_side == Side.BUY else Side.BUY
-                touched.add((maker_side, event.price))
-        for side, price in touched:
+        for side, price in _touched(incoming, events):
             assert part.level(side, price) == whole.level(side, price)
     # Every level within the reach is the whole book's, its orders not read counted.
     for side, levels in ((Side.BUY, whole.depth(None).bids), (Side.SELL, whole.depth(None).asks)):
