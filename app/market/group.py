@@ -49,7 +49,7 @@ import asyncio
 import os
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -142,12 +142,11 @@ def _reach(queue: list[_Waiting], last_size: int = 0) -> Reach:
     make twice the last group (``ROOM_AT_LEAST`` at least), since orders keep arriving while
     the lock is awaited (one that does not fit waits for the next group: ``_take``)."""
     queued = queue[:MAX_GROUP]
-    reach = Reach.of((w.body.side, w.body.price) for w in queued)
     spare = max(0, min(MAX_GROUP, max(ROOM_AT_LEAST, 2 * last_size)) - len(queued))
-    room = spare * max((w.body.quantity for w in queued), default=0)
-    buys = sum(w.body.quantity for w in queued if w.body.side == Side.BUY)
-    sells = sum(w.body.quantity for w in queued if w.body.side == Side.SELL)
-    return replace(reach, asks_need=buys + room, bids_need=sells + room)
+    return Reach.of((w.body.side, w.body.price) for w in queued).filling(
+        ((w.body.side, w.body.quantity) for w in queued),
+        room=spare * max((w.body.quantity for w in queued), default=0),
+    )
 
 
 def _take(queue: list[_Waiting], reach: Reach | None = None) -> list[_Waiting]:

@@ -27,7 +27,7 @@ group what it can fill. ``Reach.fits`` is the test of the orders a group takes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.market.matching import Side
 
@@ -72,6 +72,17 @@ class Reach:
         if price is None:  # a market order: the whole other side; it never rests
             return self.asks_all if side == Side.BUY else self.bids_all
         return self.reads(Side.SELL, price) and self.reads(Side.BUY, price)
+
+    def filling(self, orders: Iterable[tuple[Side, int]], room: int = 0) -> Reach:
+        """This reach, reading of each side only what orders given as (side, quantity), and
+        ``room`` more on each side, can fill."""
+        buys = sells = 0
+        for side, quantity in orders:
+            if side == Side.BUY:
+                buys += quantity
+            else:
+                sells += quantity
+        return replace(self, asks_need=buys + room, bids_need=sells + room)
 
     def fits(self, orders: Iterable[tuple[Side, int]]) -> bool:
         """Whether orders given as (side, quantity) together take no more from either side

@@ -81,7 +81,7 @@ group reads of each side only what its orders' quantities (and room for late arr
 fill, in priority order, and the rest is counted per level (migration 0029,
 ``Book.hidden``): the engine holds those counts behind the orders read, so the ``level``
 events stay exact, and raises ``BookIncomplete`` (the group is then placed one by one) if it
-ever needed more. An order placed alone still reads its whole reach.
+ever needed more. An order placed alone reads the same way, what it can fill.
 
 In a group of orders on a batch product, the holds, payments, fees and serial-block changes
 are not sent one by one: ``app.db.deferred`` records them in order while the group is placed
@@ -1111,13 +1111,19 @@ async def place_orders(
     # (its own statements) run, and the book is read again after it.
     # The resting sell orders' credit holds come with the book (one round trip): the fills
     # below name the makers whose holds the settlement takes from.
-    # Read here, only the part of the book these orders can reach (``app.market.reach``), as
-    # a group's lock call reads it.
+    # Read here, only the part of the book these orders can reach and fill
+    # (``app.market.reach``), with the group's lock call (the lock, taken already, is taken
+    # again: it nests).
     now = utc_now()
+    if read_book is None:
+        reach = (reach or Reach.of((body.side, body.price) for _, body in items)).filling(
+            (body.side, body.quantity) for _, body in items
+        )
+        _, read_book, _, _ = await ProductRepository(session).lock_and_read_book(
+            product.id, [], 0, reach
+        )
     reach = reach or Reach.of((body.side, body.price) for _, body in items)
-    resting, book_holds, hidden = read_book or await orders.open_orders_with_credit_holds(
-        product.id, reach
-    )
+    resting, book_holds, hidden = read_book
     if any(_is_due(o, now) for o in resting):
         await expire_product_orders(session, product.id, now, locked=True)
         resting, book_holds, hidden = await orders.open_orders_with_credit_holds(product.id, reach)

@@ -36,7 +36,7 @@ from app.market.matching import (
     Trade,
 )
 from app.market.reach import Reach
-from app.market.repository import OrderRepository
+from app.market.repository import ProductRepository
 from app.market.schemas import OrderCreate
 from tests.market.helpers import assert_market_clean, market, order
 
@@ -373,20 +373,20 @@ async def test_an_order_placed_alone_reads_only_its_own_reach(
 ) -> None:
     """An order with an ``Idempotency-Key`` is placed alone, in the request's transaction: it
     too reads only what it can reach (the sells at or below its price, the buys at or above
-    it), and trades as it would against the whole book."""
+    it) and fill (the rest counted), and trades as it would against the whole book."""
     m = await market(client, sellers=2, buyers=1)
-    for price in [1_000, 1_000, 1_100, 1_110, 1_120]:
-        r = await order(client, m.sellers[price % 2], m, "sell", price, 1)
+    for i, price in enumerate([1_000, 1_000, 1_000, 1_100, 1_110, 1_120]):
+        r = await order(client, m.sellers[i % 2], m, "sell", price, 1)
         assert r.status_code == 201, r.text
-    read: list[int] = []
-    real = OrderRepository.open_orders_with_credit_holds
+    read: list[tuple[int, list[Any]]] = []
+    real = ProductRepository.lock_and_read_book
 
-    async def spy(self: OrderRepository, *args: Any, **kwargs: Any) -> Any:
-        book = await real(self, *args, **kwargs)
-        read.append(len(book[0]))
-        return book
+    async def spy(self: ProductRepository, *args: Any, **kwargs: Any) -> Any:
+        found = await real(self, *args, **kwargs)
+        read.append((len(found[1].orders), list(found[1].hidden)))
+        return found
 
-    monkeypatch.setattr(OrderRepository, "open_orders_with_credit_holds", spy)
+    monkeypatch.setattr(ProductRepository, "lock_and_read_book", spy)
     r = await client.post(
         "/v1/orders",
         json={"product": m.code, "side": "buy", "price": 1_000, "quantity": 2},
@@ -394,7 +394,8 @@ async def test_an_order_placed_alone_reads_only_its_own_reach(
     )
     assert r.status_code == 201, r.text
     assert r.json()["status"] == "filled"
-    assert read == [2]  # the two sells at 1,000, not the three above
+    # The two sells at 1,000 it fills, the third there counted; not the three above.
+    assert read == [(2, [(Side.SELL, 1_000, 1, 1)])]
 
 
 async def test_a_group_reads_the_blocks_its_fills_take_from_not_the_sellers_every_block(
