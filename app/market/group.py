@@ -184,9 +184,10 @@ async def _place_next(
     try:
         async with sessionmaker() as session, driver_transaction(session) as driver:
             # With its batch (a batch product's group settles on it), the book as of the lock
-            # (the part of it the queued orders can reach: ``app.market.reach``) and the live
-            # blocks of its sellers as far as they are known (the book's, and the queued sell
-            # orders'), and a sequence for each order it may take, in one round trip.
+            # (the part of it the queued orders can reach and fill: ``app.market.reach``), the
+            # live blocks its serial operations take from as far as they are known (the queued
+            # sellers' active blocks, the blocks of the holds of the sells read), and a
+            # sequence for each order it may take, in one round trip.
             reach = _reach(queue, _last_sizes.get(product_id, 0))
             product, book, blocks, sequences = await market_service.lock_product_and_read_book(
                 session,

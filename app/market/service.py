@@ -75,22 +75,22 @@ its orders can reach (``app.market.reach``, migration 0028), through the driver
 (``ProductRepository.lock_and_read_book``): the resting orders are plain instances outside the
 session, and only those its fills and closes name are made the session's (``stored_row``)
 before anything is set on them, so a flush or the group's write call writes exactly those.
-An order placed alone (the one-by-one path, an ``Idempotency-Key`` request) reads its own
-reach the same way (``OrderRepository.open_orders_with_credit_holds``). Within the reach, a
-group reads of each side only what its orders' quantities (and room for late arrivals) can
-fill, in priority order, and the rest is counted per level (migration 0029,
-``Book.hidden``): the engine holds those counts behind the orders read, so the ``level``
-events stay exact, and raises ``BookIncomplete`` (the group is then placed one by one) if it
-ever needed more. An order placed alone reads the same way, what it can fill.
+Within the reach, a group reads of each side only what its orders' quantities (and room for
+late arrivals) can fill, in priority order, and the rest is counted per level (migration
+0029, ``Book.hidden``): the engine holds those counts behind the orders read, so the
+``level`` events stay exact, and raises ``BookIncomplete`` (the group is then placed one by
+one) if it ever needed more. An order placed alone (the one-by-one path, an
+``Idempotency-Key`` request) reads the same way, with the same call, what it can fill.
 
 In a group of orders on a batch product, the holds, payments, fees and serial-block changes
 are not sent one by one: ``app.db.deferred`` records them in order while the group is placed
 (the registry works on its own copy of the live blocks: the active blocks of the group's
 sellers and the blocks of the resting sells' holds it fills, with the blocks touching them,
-read in one statement, not every block of every seller: migration 0029) and sends them in one call of ``tanso_apply_deferred`` (migration
-0015), which writes the hold rows in order, posts every entry in one ``ledger_post_entries``
-call (balances checked after each leg, in order: the refusals of one call per operation) and
-the blocks' net change in two statements. A refusal then surfaces from that call; the group
+read in one statement, not every block of every seller: migration 0029) and sends them in
+one call of ``tanso_apply_deferred`` (migration 0015), which writes the hold rows in order,
+posts every entry in one ``ledger_post_entries`` call (balances checked after each leg, in
+order: the refusals of one call per operation) and the blocks' net change in two
+statements. A refusal then surfaces from that call; the group
 is rolled back and placed one order at a time, where each refusal has its own answer. A
 category product's groups still write as they go (a sell there reads its balances between
 the writes). ``tests/market/test_deferred_group.py`` checks that a group leaves exactly what
