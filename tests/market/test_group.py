@@ -63,11 +63,21 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> Groups:
     return sizes
 
 
-async def _send_in_order(sends: Sequence[Awaitable[httpx.Response]]) -> list[httpx.Response]:
-    """Send concurrently, a little apart, so that they arrive (and queue) in this order."""
+async def _send_in_order(
+    sends: Sequence[Awaitable[httpx.Response]], groups: Groups
+) -> list[httpx.Response]:
+    """Send concurrently, a little apart, each once the one before has reached the group code
+    (queued, or given to ``place_orders``: counted by ``groups``), so that they arrive (and
+    queue) in this order however slowly a loaded machine serves them (5 s at most each)."""
+    before = sum(groups)
     tasks = []
-    for send in sends:
+    for sent, send in enumerate(sends, 1):
         tasks.append(asyncio.ensure_future(send))
+        for _ in range(500):
+            arrived = sum(groups) - before + sum(len(q) for q in group._queues.values())
+            if arrived >= sent:
+                break
+            await asyncio.sleep(0.01)
         await asyncio.sleep(0.03)
     return list(await asyncio.gather(*tasks))
 
@@ -106,7 +116,7 @@ async def test_concurrent_orders_are_placed_as_one_group(
         order(client, m.buyers[0], m, "buy", None, 1, type="market"),
     ]
     groups.queued = len(sends) - 1
-    answers = await _send_in_order(sends)
+    answers = await _send_in_order(sends, groups)
     assert [r.status_code for r in answers] == [201] * len(sends), [
         r.text for r in answers if r.status_code != 201
     ]
@@ -134,7 +144,7 @@ async def test_each_group_logs_how_long_it_awaited_and_held_the_lock(
     ]
     groups.queued = len(sends) - 1
     with capture_logs() as logs:
-        answers = await _send_in_order(sends)
+        answers = await _send_in_order(sends, groups)
     assert [r.status_code for r in answers] == [201] * len(sends)
     placed = [e for e in logs if e["event"] == "market.group_placed"]
     assert [e["orders"] for e in placed] == groups == [1, 2]
@@ -162,7 +172,7 @@ async def test_a_refused_order_sends_its_group_one_by_one(
         order(client, m.sellers[1], m, "sell", 1_000, 2),
     ]
     groups.queued = len(sends) - 1
-    answers = await _send_in_order(sends)
+    answers = await _send_in_order(sends, groups)
     codes = [r.status_code for r in answers]
     assert codes == [201, 201, 409, 409, 201, 201], [r.text for r in answers]
     assert answers[2].json()["code"] == "insufficient_balance"
@@ -193,7 +203,7 @@ async def test_a_client_order_id_repeated_inside_a_group_is_refused_once(
         order(client, m.buyers[1], m, "buy", 996, 1, client_order_id="same"),
     ]
     groups.queued = len(sends) - 1
-    answers = await _send_in_order(sends)
+    answers = await _send_in_order(sends, groups)
     codes = [r.status_code for r in answers]
     assert codes == [201, 201, 201, 409], [r.text for r in answers]
     assert answers[3].json()["code"] == "duplicate_client_order_id"
@@ -258,7 +268,7 @@ async def test_a_group_whose_connection_fails_at_its_commit_is_placed_exactly_on
     ]
     groups.queued = len(sends) - 1
     with capture_logs() as logs:
-        answers = await _send_in_order(sends)
+        answers = await _send_in_order(sends, groups)
     assert [r.status_code for r in answers] == [201] * len(sends), [r.text for r in answers]
     unknown = [e for e in logs if e["event"] == "market.group_commit_unknown"]
     assert [(e["orders"], e["stored"]) for e in unknown] == [(len(sends) - 1, committed)]
@@ -373,7 +383,7 @@ async def test_the_book_is_read_outside_the_session_and_the_orders_filled_are_wr
     groups.clear()
     groups.queued = buys - 1
     answers = await _send_in_order(
-        [order(client, m.buyers[i], m, "buy", 1_000, 1) for i in range(buys)]
+        [order(client, m.buyers[i], m, "buy", 1_000, 1) for i in range(buys)], groups
     )
     assert [r.status_code for r in answers] == [201] * buys
     assert groups == placed
