@@ -108,10 +108,12 @@ LIVE_COPY_OF = f"""
 def _side(side: str, bound: str, priority: str, need: str, into: str) -> str:
     """One side's read: the orders within the reach in priority order, those with less than
     ``need`` open before them kept whole (``into``'s first variable), the others counted per
-    price level (the other three)."""
+    price level (the other three). The window runs over the few columns it needs; only the
+    orders kept are read whole, by key (a row value made for every order in reach cost more
+    than the window itself)."""
     return f"""
         WITH r AS (
-            SELECT o, o.price, o.quantity - o.filled_quantity AS open,
+            SELECT o.id, o.price, o.quantity - o.filled_quantity AS open,
                    {need} IS NULL
                    OR coalesce(sum(o.quantity - o.filled_quantity)
                                  OVER (ORDER BY {priority}
@@ -120,7 +122,10 @@ def _side(side: str, bound: str, priority: str, need: str, into: str) -> str:
               FROM market_orders o
              WHERE {_OPEN} AND o.side = '{side}' AND {bound}
         )
-        SELECT (SELECT coalesce(array_agg(r.o), '{{}}') FROM r WHERE r.shown),
+        SELECT (SELECT coalesce(array_agg(k.o), '{{}}')
+                  FROM r CROSS JOIN LATERAL (
+                       SELECT o FROM market_orders o WHERE o.id = r.id OFFSET 0) k
+                 WHERE r.shown),
                h.prices, h.quantities, h.counts
           INTO {into}
           FROM (SELECT coalesce(array_agg(g.price ORDER BY g.price), '{{}}') AS prices,
