@@ -207,14 +207,15 @@ class ProductRepository(Repository[Product]):
     async def lock_and_read_book(
         self,
         product_id: uuid.UUID,
-        sellers: Sequence[uuid.UUID],
+        sellers: Sequence[uuid.UUID] | None,
         reserve: int = 0,
         reach: Reach | None = None,
     ) -> tuple[Product | None, Book, LiveBlocks | None, list[int]]:
         """``lock_and_reload`` (and the product's batch locked after it, migration 0020) and
         ``open_orders_with_credit_holds`` in one round trip (``market_lock_product_and_book``,
         migrations 0021 and 0022), with the active blocks of ``sellers`` and the blocks of the
-        credit holds of the sells it read (migration 0029), if it read them, and ``reserve``
+        credit holds of the sells it read (migration 0029), if it read them (``sellers``
+        None: it reads no live blocks), and ``reserve``
         order sequences taken after the lock
         (migration 0027), rising. ``reach``: only the resting orders within it
         (``app.market.reach``, migration 0028), and with its ``asks_need`` and
@@ -231,7 +232,7 @@ class ProductRepository(Repository[Product]):
             _LOCK_PRODUCT_AND_BOOK,
             [
                 product_id,
-                list(sellers),
+                None if sellers is None else list(sellers),
                 reserve,
                 r.asks_all,
                 r.asks_to,

@@ -1022,7 +1022,7 @@ def _forget_product_id(product_id: uuid.UUID) -> None:
 async def lock_product_and_read_book(
     session: AsyncSession,
     product_id: uuid.UUID,
-    sellers: Sequence[uuid.UUID] = (),
+    sellers: Sequence[uuid.UUID] | None = (),
     reserve: int = 0,
     reach: Reach | None = None,
 ) -> tuple[Product, Book, LiveBlocks | None, list[int]]:
@@ -1031,7 +1031,8 @@ async def lock_product_and_read_book(
     and the sell orders' credit holds, as ``place_orders`` reads them), in one round trip;
     on a batch product, with the live blocks the group's serial operations can take from (the
     active blocks of ``sellers``, the queued sell orders' organisations, and the blocks of
-    the credit holds of the sells read), unless there are too many of them; and ``reserve``
+    the credit holds of the sells read), unless there are too many of them or ``sellers`` is
+    None (a caller that does not defer its writes has no use for them); and ``reserve``
     sequences for new orders (``place_orders(sequences=…)``), taken after the lock.
     ``reach``: only the part of the book that orders within it can touch
     (``app.market.reach``); ``place_orders`` then takes the same ``reach`` and refuses
@@ -1091,6 +1092,17 @@ async def place_orders(
         and await orders.by_client_id(organization_id, body.client_order_id) is not None
         for organization_id, body in items
     ]
+    # Read with the lock when the caller read nothing: only the part of the book these orders
+    # can reach and fill (``app.market.reach``), in the group's lock call (one round trip
+    # for the lock, the product and the book; no live blocks: nothing is deferred here).
+    if read_book is None:
+        reach = (reach or Reach.of((body.side, body.price) for _, body in items)).filling(
+            (body.side, body.quantity) for _, body in items
+        )
+        found, read_book, _, _ = await lock_product_and_read_book(
+            session, product_id, None, reach=reach
+        )
+        locked = locked or found
     product = locked or await lock_product(session, product_id)
     # A call product's orders rest without matching until the call (``app.market.calls``).
     collecting = await phase.collects_orders(session, product, utc_now())
@@ -1103,7 +1115,7 @@ async def place_orders(
                 "An order with this client_order_id exists.", client_order_id=body.client_order_id
             )
 
-    if len(items) == 1:  # refused before the book is read
+    if len(items) == 1:  # refused before matching
         check(items[0][1], price_band(product), duplicates[0])
 
     # A GTD order past its expiry never trades, even before the minute task has run. The due
@@ -1111,17 +1123,7 @@ async def place_orders(
     # (its own statements) run, and the book is read again after it.
     # The resting sell orders' credit holds come with the book (one round trip): the fills
     # below name the makers whose holds the settlement takes from.
-    # Read here, only the part of the book these orders can reach and fill
-    # (``app.market.reach``), with the group's lock call (the lock, taken already, is taken
-    # again: it nests).
     now = utc_now()
-    if read_book is None:
-        reach = (reach or Reach.of((body.side, body.price) for _, body in items)).filling(
-            (body.side, body.quantity) for _, body in items
-        )
-        _, read_book, _, _ = await ProductRepository(session).lock_and_read_book(
-            product.id, [], 0, reach
-        )
     reach = reach or Reach.of((body.side, body.price) for _, body in items)
     resting, book_holds, hidden = read_book
     if any(_is_due(o, now) for o in resting):

@@ -189,7 +189,8 @@ UP = [
         {_SELLS}
         {_BUYS}
         SELECT batch_id INTO v_batch FROM market_products WHERE id = p_id;
-        IF v_batch IS NOT NULL THEN
+        -- (No holders at all, NULL: no live blocks; the caller does not defer its writes.)
+        IF v_batch IS NOT NULL AND p_holders IS NOT NULL THEN
             -- The credit holds of the sells read (those with something left), and the queued
             -- sellers' active blocks: what the group's fills and new sells can touch.
             -- (Each looked up by its key: LATERAL with OFFSET 0, as in the book's read.)

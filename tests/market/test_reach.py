@@ -11,6 +11,7 @@ reach does not cover, and an order placed alone reads only its own reach.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -99,6 +100,18 @@ def _book(orders: list[Order]) -> OrderBook:
     return OrderBook.restore(book.resting_orders())
 
 
+def _replay(
+    group: list[Spec], start: int, whole: OrderBook, part: OrderBook
+) -> Iterator[tuple[Order, list[Event]]]:
+    """Submit the group's orders (sequences from ``start``) to both books; each gives the same
+    events against the part as against the whole book."""
+    for sequence, spec in enumerate(group, start):
+        incoming = _order(spec, sequence)
+        events = whole.submit(incoming, band_low=BAND[0], band_high=BAND[1])
+        assert part.submit(incoming, band_low=BAND[0], band_high=BAND[1]) == events
+        yield incoming, events
+
+
 def _touched(incoming: Order, events: list[Event]) -> set[tuple[Side, int]]:
     """The levels ``place_orders`` publishes: the order's own and its makers'."""
     touched = {(incoming.side, incoming.price)} if incoming.price is not None else set()
@@ -138,11 +151,7 @@ def test_a_group_matches_within_its_reach_as_against_the_whole_book(
         group.append(spec)
     assert all(reach.covers(s.side, s.price) for s in queued)
 
-    start = len(resting) + 1
-    for sequence, spec in enumerate(group, start):
-        incoming = _order(spec, sequence)
-        events = whole.submit(incoming, band_low=BAND[0], band_high=BAND[1])
-        assert part.submit(incoming, band_low=BAND[0], band_high=BAND[1]) == events
+    for incoming, events in _replay(group, len(resting) + 1, whole, part):
         for side, price in _touched(incoming, events):
             assert _level(part, side, price) == _level(whole, side, price)
 
@@ -207,11 +216,7 @@ def test_a_group_matches_what_it_can_fill_as_against_the_whole_book(
             break
         group.append(spec)
 
-    start = len(resting) + 1
-    for sequence, spec in enumerate(group, start):
-        incoming = _order(spec, sequence)
-        events = whole.submit(incoming, band_low=BAND[0], band_high=BAND[1])
-        assert part.submit(incoming, band_low=BAND[0], band_high=BAND[1]) == events
+    for incoming, events in _replay(group, len(resting) + 1, whole, part):
         for side, price in _touched(incoming, events):
             assert part.level(side, price) == whole.level(side, price)
     # Every level within the reach is the whole book's, its orders not read counted.
@@ -384,6 +389,7 @@ async def test_an_order_placed_alone_reads_only_its_own_reach(
     async def spy(self: ProductRepository, *args: Any, **kwargs: Any) -> Any:
         found = await real(self, *args, **kwargs)
         read.append((len(found[1].orders), list(found[1].hidden)))
+        assert found[2] is None  # nothing deferred: no live blocks read
         return found
 
     monkeypatch.setattr(ProductRepository, "lock_and_read_book", spy)
