@@ -8,6 +8,9 @@
 - ``pgbench_init()`` / ``pgbench_run()`` drive the ``pgbench`` shipped in the same wheel.
 - ``run_phase()`` runs N concurrent asyncio workers for a fixed wall-clock time and counts what
   they committed.
+- ``CpuMeter`` reads the CPU time each named process tree has used (the server's workers,
+  PostgreSQL's backends, the benchmark's own clients), so a phase can say what a request costs
+  the machine, not only how long it took.
 - ``finish()`` prints the human-readable table, then the one JSON object that must be the last
   line of stdout, and returns the exit code (non-zero when an invariant broke).
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from sqlalchemy.engine import make_url
 
 from app.core.logging import configure_logging
@@ -127,6 +132,10 @@ class Server:
     def checkpoint(self) -> None:
         """Flush dirty pages now, so no phase pays for an earlier phase's checkpoint."""
         self.psql("CHECKPOINT")
+
+    def postmaster_pid(self) -> int:
+        """The server's postmaster: its backends (one per connection) are its children."""
+        return int((self.root / "pgdata" / "postmaster.pid").read_text().split("\n", 1)[0])
 
 
 @contextmanager
@@ -237,6 +246,89 @@ def _pgbench(args: Sequence[str], url: str) -> str:
     if done.returncode != 0:
         raise BenchFailure(f"pgbench {' '.join(args)} failed:\n{done.stderr}\n{done.stdout}")
     return done.stdout
+
+
+# --- CPU time -------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int, *, tree: bool = True) -> float:
+    """The CPU time (user and system) process ``pid`` has used, with (``tree``) that of all its
+    descendants, live or ended (an ended one's is in its parent's children's times once
+    waited for); 0 if it is gone."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)] if tree else [root]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:  # ended since it was listed
+            continue
+        total += times.user + times.system
+        if tree:
+            total += times.children_user + times.children_system
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class CpuReading:
+    at: float  # perf_counter
+    seconds: dict[str, float]  # CPU seconds used so far, by name
+    each: dict[str, dict[int, float]]  # and by child, for the names ``CpuMeter.each`` lists
+
+
+@dataclass(frozen=True, slots=True)
+class CpuMeter:
+    """CPU time by named process tree, and for the trees named in ``each`` by child too (a
+    server's workers). ``this`` names the benchmark's own process, read alone: the servers
+    it started are its children, and have names of their own."""
+
+    trees: dict[str, int]
+    each: frozenset[str] = frozenset()
+    this: str = "client"
+
+    def read(self) -> CpuReading:
+        seconds = {name: cpu_seconds(pid) for name, pid in self.trees.items()}
+        seconds[self.this] = cpu_seconds(os.getpid(), tree=False)
+        each = {
+            name: {child: cpu_seconds(child) for child in _children(self.trees[name])}
+            for name in self.each
+        }
+        return CpuReading(time.perf_counter(), seconds, each)
+
+
+def cpu_used(before: CpuReading, after: CpuReading, requests: int) -> dict[str, Any]:
+    """Between two readings: the cores busy in all and by name (and by child, busiest first,
+    where the readings have children: those that were busy at all), and the CPU milliseconds
+    a request cost, in all and by name."""
+    elapsed = after.at - before.at
+
+    def cores(seconds: float) -> float | None:
+        return round(seconds / elapsed, 2) if elapsed > 0 else None
+
+    def per_request(seconds: float) -> float | None:
+        return round(seconds * 1e3 / requests, 3) if requests else None
+
+    used = {name: after.seconds[name] - before.seconds[name] for name in after.seconds}
+    by: dict[str, dict[str, Any]] = {
+        name: {"busy_cores": cores(seconds), "ms_per_request": per_request(seconds)}
+        for name, seconds in used.items()
+    }
+    for name, children in after.each.items():
+        earlier = before.each.get(name, {})
+        each = (cores(t - earlier[child]) for child, t in children.items() if child in earlier)
+        by[name]["each_busy_cores"] = sorted((c for c in each if c), reverse=True)  # busy
+    total = sum(used.values())
+    return {"busy_cores": cores(total), "ms_per_request": per_request(total), "by": by}
 
 
 # --- running concurrent workers for a fixed time -----------------------------------------

@@ -37,6 +37,7 @@ def _free_port() -> int:
 @dataclass(frozen=True)
 class Served:
     base_url: str
+    pid: int  # uvicorn's supervisor: its workers are its children (``bench._common.CpuMeter``)
 
     @property
     def admin(self) -> dict[str, str]:
@@ -81,7 +82,7 @@ def served(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise BenchFailure("the server did not become ready")
             time.sleep(0.2)
-        yield Served(base)
+        yield Served(base, process.pid)
     finally:
         process.terminate()
         try:

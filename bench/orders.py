@@ -30,6 +30,14 @@ commit's), the hold fitted as F + c·n for a group of n orders, and how many res
 each group read (the part of the book its orders can reach and fill: ``app.market.reach``)
 and how many it counted without reading them.
 
+Every run also reads the CPU time the server's workers, PostgreSQL and this process's clients
+used in each measured phase (``bench._common.CpuMeter``): what a ``/health`` request and an
+order cost the machine, how many cores were busy (each worker's share too: the kernel may give
+one worker most connections, and ``/health`` then runs on one core), and the ceiling the
+orders' cost sets: the orders per second all the cores could carry at that cost, beside this
+run's ``/health``. A ratio goal above that ceiling needs a cheaper order, not a better use of
+the cores.
+
 ``--spread K`` prices each order within ±K ticks of the price (a fixed sequence), so that a
 group's orders ask for several levels, as in a market, and an order arriving while the lock
 is awaited may reach beyond what its group's lock call read (it then waits for the next
@@ -44,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -58,6 +67,10 @@ from app.db.session import create_engine, create_sessionmaker
 from app.ledger.verify import run_checks
 from app.offsets.verify import run_registry_checks
 from bench._common import (
+    CpuMeter,
+    CpuReading,
+    PhaseResult,
+    cpu_used,
     finish,
     format_table,
     ratio,
@@ -346,6 +359,51 @@ def _group_lines(summary: dict[str, Any]) -> str:
     )
 
 
+def cpu_summary(
+    readings: dict[str, tuple[CpuReading, CpuReading]], baseline: PhaseResult, orders: PhaseResult
+) -> dict[str, Any]:
+    """What each measured phase cost the machine (``bench._common.cpu_used``: the server's
+    workers, PostgreSQL, and this process's clients), and the ceiling the orders' cost sets:
+    the orders per second this machine's cores could carry at most, were they all busy with
+    orders at that cost per order, and that beside this run's ``/health``."""
+    health = cpu_used(*readings["health"], baseline.operations)
+    placed = cpu_used(*readings["orders"], orders.operations)
+    cores = os.cpu_count() or 1
+    per_order = placed["ms_per_request"]
+    ceiling = cores * 1e3 / per_order if per_order else None
+    return {
+        "cores": cores,
+        "health": health,
+        "orders": placed,
+        "ceiling": {
+            "orders_per_s": round(ceiling, 1) if ceiling else None,
+            "ratio": ratio(ceiling, baseline.rate) if ceiling else None,
+        },
+    }
+
+
+def _cpu_lines(used: dict[str, Any]) -> str:
+    def phase(name: str, what: str) -> str:
+        cost = used[name]
+        by = ", ".join(f"{who} {part['ms_per_request']}" for who, part in cost["by"].items())
+        return (
+            f"{cost['ms_per_request']} ms {what} ({by}), {cost['busy_cores']} of"
+            f" {used['cores']} cores busy"
+        )
+
+    ceiling = used["ceiling"]
+    return (
+        f"\n\ncpu: /health {phase('health', 'a request')};"
+        f" orders {phase('orders', 'an order')}"
+        + (
+            f"; at that cost, {used['cores']} busy cores carry {ceiling['orders_per_s']:,}"
+            f" orders/s at most (a ratio of {ceiling['ratio']})"
+            if ceiling["orders_per_s"]
+            else ""
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few seconds, not a minute")
@@ -384,9 +442,13 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
     clients = args.clients
     seconds = args.seconds or (1.5 if args.quick else 15.0)
     window: list[datetime] = []  # the orders phase's start and end
+    cpu: dict[str, tuple[CpuReading, CpuReading]] = {}  # the measured phases' CPU readings
     with throwaway_server() as pg:
         url = pg.migrated_database("orders")
         with served(url, debug=["app.market.group"] if debug_log else [], log=debug_log) as server:
+            meter = CpuMeter(
+                {"server": server.pid, "postgres": pg.postmaster_pid()}, frozenset({"server"})
+            )
 
             async def run() -> dict[str, Any]:
                 keys = await prepare(server, clients)
@@ -406,18 +468,22 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
                         "POST", "/v1/orders", json.dumps(body).encode(), keys[worker]
                     )
 
+                before = meter.read()
                 baseline, _ = await http_phase(
                     "GET /health", server.base_url, clients, seconds, health
                 )
+                cpu["health"] = (before, meter.read())
                 # Unmeasured: each pooled connection prepares its statements on first use.
                 warm, warm_statuses = await http_phase(
                     "warm-up", server.base_url, clients, seconds / 5, place
                 )
                 pg.checkpoint()
                 window.append(datetime.now(UTC))
+                before = meter.read()
                 orders, statuses = await http_phase(
                     "limit orders", server.base_url, clients, seconds, place
                 )
+                cpu["orders"] = (before, meter.read())
                 window.append(datetime.now(UTC))
                 acknowledged = args.depth + warm_statuses.get(201, 0) + statuses.get(201, 0)
                 return {
@@ -445,6 +511,8 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
         f"\n\nstored: {stored['orders']:,} orders, {stored['trades']:,} trades"
         f" ({stored['traded']:,} credits)"
     )
+    used = cpu_summary(cpu, baseline, orders)
+    report += _cpu_lines(used)
     groups: dict[str, Any] | None = None
     if debug_log is not None:
         debug_log.seek(0)
@@ -467,6 +535,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
             "spread": args.spread,
             "goal": ">= 1000 orders/s, p99 < 50 ms, ratio >= 0.25",
             "server": settings,
+            "cpu": used,
             **({"groups": groups} if groups is not None else {}),
         },
         failures,

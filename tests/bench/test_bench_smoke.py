@@ -66,6 +66,16 @@ def test_orders_benchmark_runs_and_its_checks_pass() -> None:
     assert result["groups"]["groups"] > 0
     assert result["groups"]["orders"] >= result["groups"]["groups"]
     assert "groups:" in stdout
+    # What each phase cost the machine: the orders use the server's workers, PostgreSQL and
+    # the clients; the ceiling is the cores over the cost of an order.
+    cpu = result["cpu"]
+    for who in ("server", "postgres", "client"):
+        assert cpu["orders"]["by"][who]["ms_per_request"] > 0, who
+    assert 1 <= len(cpu["orders"]["by"]["server"]["each_busy_cores"]) <= 2  # the workers
+    assert cpu["ceiling"]["orders_per_s"] == round(
+        cpu["cores"] * 1e3 / cpu["orders"]["ms_per_request"], 1
+    )
+    assert "cpu: /health" in stdout
     assert "FAILED" not in stdout
 
 
@@ -128,3 +138,25 @@ def test_the_group_summary_reads_the_orders_phase_groups_only() -> None:
     assert summary["fit_ms"] == {"F": 4.0, "c": 0.9}  # held = 4 + 0.9·n, exactly here
     assert summary["book"] == {"mean": 21.3, "max": 40}  # 20, 4 and 40 resting orders read
     assert group_summary(lines[:3], start, end) == {"groups": 0}
+
+
+def test_cpu_used_is_per_request_and_per_core_by_name_and_child() -> None:
+    from bench._common import CpuReading, cpu_used
+
+    before = CpuReading(10.0, {"server": 1.0, "client": 0.5}, {"server": {7: 0.4, 8: 0.6}})
+    after = CpuReading(
+        12.0,
+        {"server": 3.0, "client": 0.7},
+        {"server": {7: 2.0, 8: 0.6, 9: 5.0}},  # 8 idle, 9 new: neither is shown
+    )
+
+    used = cpu_used(before, after, requests=400)
+
+    assert used["busy_cores"] == 1.1  # 2.2 s in 2 s
+    assert used["ms_per_request"] == 5.5  # 2.2 s over 400
+    assert used["by"]["server"] == {
+        "busy_cores": 1.0,
+        "ms_per_request": 5.0,
+        "each_busy_cores": [0.8],
+    }
+    assert used["by"]["client"] == {"busy_cores": 0.1, "ms_per_request": 0.5}
