@@ -345,6 +345,7 @@ class PhaseResult:
     elapsed: float
     latencies: list[float] = field(default_factory=list, repr=False)  # seconds, one per call
     errors: list[str] = field(default_factory=list)
+    cpu: tuple[CpuReading, CpuReading] | None = None  # read just before and after, if asked
 
     @property
     def rate(self) -> float:
@@ -366,11 +367,14 @@ def percentile(values: Sequence[float], q: float) -> float:
 Operation = Callable[[int], Awaitable[int]]
 
 
-async def run_phase(name: str, workers: int, seconds: float, operation: Operation) -> PhaseResult:
+async def run_phase(
+    name: str, workers: int, seconds: float, operation: Operation, meter: CpuMeter | None = None
+) -> PhaseResult:
     """Run ``workers`` concurrent loops of ``operation`` until ``seconds`` have passed.
 
     Each loop finishes the call it is in when time is up, so the window is measured from the
-    start to the moment the last call returned. An exception is recorded (the first few
+    start to the moment the last call returned. With a ``meter``, the CPU is read just before
+    and after (``PhaseResult.cpu``). An exception is recorded (the first few
     messages are kept) and the loop goes on; the caller decides whether errors void the figure.
     """
     result = PhaseResult(name=name, workers=workers, operations=0, units=0, elapsed=0.0)
@@ -393,9 +397,12 @@ async def run_phase(name: str, workers: int, seconds: float, operation: Operatio
             result.operations += 1
             result.units += units
 
+    before = meter.read() if meter is not None else None
     started = time.perf_counter()
     await asyncio.gather(*(loop(w, started + seconds) for w in range(workers)))
     result.elapsed = time.perf_counter() - started
+    if meter is not None and before is not None:
+        result.cpu = (before, meter.read())
     if error_count > len(result.errors):
         result.errors.append(f"... {error_count} errors in all")
     return result

@@ -2,7 +2,8 @@
 
 ``served(url)`` runs ``uvicorn app.main:app_factory`` (2 workers unless told otherwise) against
 the given database in subprocesses and waits for ``/ready``. ``http_phase`` runs N concurrent
-keep-alive clients for a fixed time through ``run_phase`` and counts the 2xx answers.
+keep-alive clients for a fixed time through ``run_phase`` and counts the 2xx answers, with the
+connections spread evenly over the workers (``open_connections``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
 import httpx
+import psutil
 
-from bench._common import BenchFailure, PhaseResult, run_phase
+from bench._common import BenchFailure, CpuMeter, PhaseResult, run_phase
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdefghij"
 
@@ -42,6 +45,34 @@ class Served:
     @property
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def workers(self) -> list[int]:
+        """The pids of uvicorn's workers: its children that listen on the port."""
+        found = []
+        for child in psutil.Process(self.pid).children():
+            try:
+                sockets = child.net_connections(kind="tcp")
+            except psutil.NoSuchProcess:
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port for c in sockets):
+                found.append(child.pid)
+        return sorted(found)
+
+    def worker_of(self, connection: Connection, workers: Sequence[int]) -> int | None:
+        """The worker that accepted ``connection`` (``None`` while none has yet)."""
+        _, port = connection.writer.get_extra_info("sockname")[:2]
+        for pid in workers:
+            try:
+                sockets = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.NoSuchProcess:
+                continue
+            if any(c.raddr and c.raddr.port == port for c in sockets):
+                return pid
+        return None
 
 
 @contextmanager
@@ -128,14 +159,68 @@ class Connection:
 Request = Callable[[Connection, int, int], Awaitable[tuple[int, bytes]]]
 
 
+# How often a connection is opened again before it is kept where it landed, and how long a
+# worker may take to accept one.
+BALANCE_ATTEMPTS = 50
+ACCEPT_SECONDS = 5.0
+
+
+async def open_connections(
+    server: Served, clients: int, kind: Callable[[int], Hashable] = lambda i: 0
+) -> list[Connection]:
+    """``clients`` keep-alive connections to ``server``, spread evenly over its workers, and
+    each ``kind`` of client (``kind(i)`` for the i-th) too.
+
+    The workers share one listening socket, and the one that wakes first accepts every
+    connection waiting (asyncio accepts a backlog at once): one worker often took all 32,
+    and a phase then measured one core of two, ``/health`` at half its rate. So a connection
+    that lands on a worker holding its share of that kind already is closed and opened again
+    (up to ``BALANCE_ATTEMPTS`` times; then it stays where it landed)."""
+    workers = server.workers()
+    if len(workers) < 2:
+        return [await Connection.open(server.base_url) for _ in range(clients)]
+    wanted = Counter(kind(i) for i in range(clients))
+    held: Counter[tuple[int, Hashable]] = Counter()
+    connections: list[Connection] = []
+    for i in range(clients):
+        share = -(-wanted[kind(i)] // len(workers))  # rounded up
+        for attempt in range(BALANCE_ATTEMPTS):
+            connection = await Connection.open(server.base_url)
+            owner = await _accepted_by(server, connection, workers)
+            if held[owner, kind(i)] < share or attempt == BALANCE_ATTEMPTS - 1:
+                break
+            connection.close()
+            await asyncio.sleep(0.005)  # let the other workers' loops come round
+        held[owner, kind(i)] += 1
+        connections.append(connection)
+    return connections
+
+
+async def _accepted_by(server: Served, connection: Connection, workers: Sequence[int]) -> int:
+    deadline = time.monotonic() + ACCEPT_SECONDS
+    while (owner := server.worker_of(connection, workers)) is None:
+        if time.monotonic() > deadline:
+            raise BenchFailure("no worker accepted a connection")
+        await asyncio.sleep(0.001)
+    return owner
+
+
 async def http_phase(
-    name: str, base_url: str, clients: int, seconds: float, request: Request
+    name: str,
+    server: Served,
+    clients: int,
+    seconds: float,
+    request: Request,
+    kind: Callable[[int], Hashable] = lambda i: 0,
+    meter: CpuMeter | None = None,
 ) -> tuple[PhaseResult, dict[int, int]]:
-    """``clients`` keep-alive connections, each sending ``request(connection, worker, i)`` in
-    a loop; a call counts when it answers 2xx. Returns the phase and a count per status."""
+    """``clients`` keep-alive connections spread over the server's workers
+    (``open_connections``, by ``kind``), each sending ``request(connection, worker, i)`` in
+    a loop; a call counts when it answers 2xx. Returns the phase (with ``meter``, the CPU
+    it used: ``run_phase``) and a count per status."""
     statuses: dict[int, int] = {}
     counters = [0] * clients
-    connections = [await Connection.open(base_url) for _ in range(clients)]
+    connections = await open_connections(server, clients, kind)
     try:
 
         async def operation(worker: int) -> int:
@@ -146,7 +231,7 @@ async def http_phase(
                 raise BenchFailure(f"HTTP {status}: {body[:200]!r}")
             return 1
 
-        result = await run_phase(name, clients, seconds, operation)
+        result = await run_phase(name, clients, seconds, operation, meter)
     finally:
         for connection in connections:
             connection.close()

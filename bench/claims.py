@@ -168,13 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     body = {"grams": GRAMS_PER_CLAIM, "reference": f"order-{worker}-{i}"}
                     return await c.request("POST", path, json.dumps(body).encode(), shop)
 
-                baseline, _ = await http_phase(
-                    "GET /health", server.base_url, CLIENTS, seconds, health
-                )
+                baseline, _ = await http_phase("GET /health", server, CLIENTS, seconds, health)
                 pg.checkpoint()
-                claims, statuses = await http_phase(
-                    "unit claims", server.base_url, CLIENTS, seconds, claim
-                )
+                claims, statuses = await http_phase("unit claims", server, CLIENTS, seconds, claim)
                 return {
                     "pool_id": pool_id,
                     "baseline": baseline,

@@ -23,20 +23,22 @@ and registry checkers find nothing.
     .venv/bin/python -m bench.orders --spread 5     # orders over ±5 ticks, not at one price
 
 ``--groups`` runs the server with ``app.market.group`` at DEBUG and reads its
-``market.group_placed`` lines: how many groups each worker placed and their sizes (the kernel
-splits the 32 connections between the two workers as it likes, and the split moves the
-figure), the share of the orders phase the lock was held (from each lock call's answer to its
-commit's), the hold fitted as F + c·n for a group of n orders, and how many resting orders
+``market.group_placed`` lines: how many groups each worker placed and their sizes, the share
+of the orders phase the lock was held (from each lock call's answer to its commit's), the hold fitted as F + c·n for a group of n orders, and how many resting orders
 each group read (the part of the book its orders can reach and fill: ``app.market.reach``)
 and how many it counted without reading them.
 
+Each phase's connections are spread evenly over the two workers, and in the order phases each
+worker serves half the buyers and half the sellers (``bench._http.open_connections``): left
+to the kernel, one worker often accepted all 32, and the phase measured one core (``/health``
+at half its rate, the orders one worker's groups).
+
 Every run also reads the CPU time the server's workers, PostgreSQL and this process's clients
 used in each measured phase (``bench._common.CpuMeter``): what a ``/health`` request and an
-order cost the machine, how many cores were busy (each worker's share too: the kernel may give
-one worker most connections, and ``/health`` then runs on one core), and the ceiling the
-orders' cost sets: the orders per second all the cores could carry at that cost, beside this
-run's ``/health``. A ratio goal above that ceiling needs a cheaper order, not a better use of
-the cores.
+order cost the machine, how many cores were busy (and each worker's share), and the ceiling
+the orders' cost sets: the orders per second all the cores could carry at that cost, beside
+this run's ``/health``. A ratio goal above that ceiling needs a cheaper order, not a better
+use of the cores.
 
 ``--spread K`` prices each order within ±K ticks of the price (a fixed sequence), so that a
 group's orders ask for several levels, as in a market, and an order arriving while the lock
@@ -68,7 +70,6 @@ from app.ledger.verify import run_checks
 from app.offsets.verify import run_registry_checks
 from bench._common import (
     CpuMeter,
-    CpuReading,
     PhaseResult,
     cpu_used,
     finish,
@@ -359,15 +360,20 @@ def _group_lines(summary: dict[str, Any]) -> str:
     )
 
 
-def cpu_summary(
-    readings: dict[str, tuple[CpuReading, CpuReading]], baseline: PhaseResult, orders: PhaseResult
-) -> dict[str, Any]:
+def _side_of(client: int) -> str:
+    """Half the clients buy and half sell (each its own organisation)."""
+    return "sell" if client % 2 else "buy"
+
+
+def cpu_summary(baseline: PhaseResult, orders: PhaseResult) -> dict[str, Any]:
     """What each measured phase cost the machine (``bench._common.cpu_used``: the server's
     workers, PostgreSQL, and this process's clients), and the ceiling the orders' cost sets:
     the orders per second this machine's cores could carry at most, were they all busy with
     orders at that cost per order, and that beside this run's ``/health``."""
-    health = cpu_used(*readings["health"], baseline.operations)
-    placed = cpu_used(*readings["orders"], orders.operations)
+    if baseline.cpu is None or orders.cpu is None:
+        raise ValueError("both phases must be metered (http_phase(meter=…))")
+    health = cpu_used(*baseline.cpu, baseline.operations)
+    placed = cpu_used(*orders.cpu, orders.operations)
     cores = os.cpu_count() or 1
     per_order = placed["ms_per_request"]
     ceiling = cores * 1e3 / per_order if per_order else None
@@ -442,7 +448,6 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
     clients = args.clients
     seconds = args.seconds or (1.5 if args.quick else 15.0)
     window: list[datetime] = []  # the orders phase's start and end
-    cpu: dict[str, tuple[CpuReading, CpuReading]] = {}  # the measured phases' CPU readings
     with throwaway_server() as pg:
         url = pg.migrated_database("orders")
         with served(url, debug=["app.market.group"] if debug_log else [], log=debug_log) as server:
@@ -460,7 +465,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
                 async def place(c: Connection, worker: int, i: int) -> tuple[int, bytes]:
                     body = {
                         "product": PRODUCT,
-                        "side": "sell" if worker % 2 else "buy",
+                        "side": _side_of(worker),
                         "price": PRICE + _offset(worker, i, args.spread),
                         "quantity": 1,
                     }
@@ -468,22 +473,18 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
                         "POST", "/v1/orders", json.dumps(body).encode(), keys[worker]
                     )
 
-                before = meter.read()
                 baseline, _ = await http_phase(
-                    "GET /health", server.base_url, clients, seconds, health
+                    "GET /health", server, clients, seconds, health, meter=meter
                 )
-                cpu["health"] = (before, meter.read())
                 # Unmeasured: each pooled connection prepares its statements on first use.
                 warm, warm_statuses = await http_phase(
-                    "warm-up", server.base_url, clients, seconds / 5, place
+                    "warm-up", server, clients, seconds / 5, place, kind=_side_of
                 )
                 pg.checkpoint()
                 window.append(datetime.now(UTC))
-                before = meter.read()
                 orders, statuses = await http_phase(
-                    "limit orders", server.base_url, clients, seconds, place
+                    "limit orders", server, clients, seconds, place, kind=_side_of, meter=meter
                 )
-                cpu["orders"] = (before, meter.read())
                 window.append(datetime.now(UTC))
                 acknowledged = args.depth + warm_statuses.get(201, 0) + statuses.get(201, 0)
                 return {
@@ -511,7 +512,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
         f"\n\nstored: {stored['orders']:,} orders, {stored['trades']:,} trades"
         f" ({stored['traded']:,} credits)"
     )
-    used = cpu_summary(cpu, baseline, orders)
+    used = cpu_summary(baseline, orders)
     report += _cpu_lines(used)
     groups: dict[str, Any] | None = None
     if debug_log is not None:

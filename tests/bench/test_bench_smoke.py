@@ -71,7 +71,7 @@ def test_orders_benchmark_runs_and_its_checks_pass() -> None:
     cpu = result["cpu"]
     for who in ("server", "postgres", "client"):
         assert cpu["orders"]["by"][who]["ms_per_request"] > 0, who
-    assert 1 <= len(cpu["orders"]["by"]["server"]["each_busy_cores"]) <= 2  # the workers
+    assert len(cpu["orders"]["by"]["server"]["each_busy_cores"]) == 2  # both workers served
     assert cpu["ceiling"]["orders_per_s"] == round(
         cpu["cores"] * 1e3 / cpu["orders"]["ms_per_request"], 1
     )
@@ -160,3 +160,28 @@ def test_cpu_used_is_per_request_and_per_core_by_name_and_child() -> None:
         "each_busy_cores": [0.8],
     }
     assert used["by"]["client"] == {"busy_cores": 0.1, "ms_per_request": 0.5}
+
+
+def test_connections_are_spread_evenly_over_the_workers_and_kinds() -> None:
+    """Left to the kernel, one worker often accepted every connection."""
+    import asyncio
+    from collections import Counter
+
+    from bench._common import throwaway_server
+    from bench._http import open_connections, served
+
+    async def spread(server: Any) -> Counter[tuple[int | None, int]]:
+        workers = server.workers()
+        assert len(workers) == 2
+        connections = await open_connections(server, 12, kind=lambda i: i % 2)
+        try:
+            return Counter((server.worker_of(c, workers), i % 2) for i, c in enumerate(connections))
+        finally:
+            for connection in connections:
+                connection.close()
+
+    with throwaway_server() as pg, served(pg.migrate()) as server:
+        counts = asyncio.run(spread(server))
+
+    assert sorted(counts.values()) == [3, 3, 3, 3]  # each worker: 3 of each kind
+    assert None not in {worker for worker, _ in counts}
