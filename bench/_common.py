@@ -401,7 +401,7 @@ async def run_phase(
     started = time.perf_counter()
     await asyncio.gather(*(loop(w, started + seconds) for w in range(workers)))
     result.elapsed = time.perf_counter() - started
-    if meter is not None and before is not None:
+    if before is not None and meter is not None:
         result.cpu = (before, meter.read())
     if error_count > len(result.errors):
         result.errors.append(f"... {error_count} errors in all")

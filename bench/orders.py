@@ -24,9 +24,10 @@ and registry checkers find nothing.
 
 ``--groups`` runs the server with ``app.market.group`` at DEBUG and reads its
 ``market.group_placed`` lines: how many groups each worker placed and their sizes, the share
-of the orders phase the lock was held (from each lock call's answer to its commit's), the hold fitted as F + c·n for a group of n orders, and how many resting orders
-each group read (the part of the book its orders can reach and fill: ``app.market.reach``)
-and how many it counted without reading them.
+of the orders phase the lock was held (from each lock call's answer to its commit's), the
+hold fitted as F + c·n for a group of n orders, and how many resting orders each group read
+(the part of the book its orders can reach and fill: ``app.market.reach``) and how many it
+counted without reading them.
 
 Each phase's connections are spread evenly over the two workers, and in the order phases each
 worker serves half the buyers and half the sellers (``bench._http.open_connections``): left
