@@ -331,6 +331,48 @@ def cpu_used(before: CpuReading, after: CpuReading, requests: int) -> dict[str, 
     return {"busy_cores": cores(total), "ms_per_request": per_request(total), "by": by}
 
 
+def cpu_summary(baseline: PhaseResult, measured: PhaseResult, unit: str) -> dict[str, Any]:
+    """What a run's ``/health`` phase (``baseline``) and its measured phase cost the machine
+    (``cpu_used``; both phases metered), and the ceiling the measured phase's cost sets: how
+    many ``unit`` a second the machine's cores could carry at most, were they all busy at that
+    cost, and that beside the run's ``/health``."""
+    if baseline.cpu is None or measured.cpu is None:
+        raise ValueError("both phases must be metered (run_phase(meter=…))")
+    cores = os.cpu_count() or 1
+    cost = cpu_used(*measured.cpu, measured.operations)
+    ceiling = cores * 1e3 / cost["ms_per_request"] if cost["ms_per_request"] else None
+    return {
+        "cores": cores,
+        "health": cpu_used(*baseline.cpu, baseline.operations),
+        unit: cost,
+        "ceiling": {
+            f"{unit}_per_s": round(ceiling, 1) if ceiling else None,
+            "ratio": ratio(ceiling, baseline.rate) if ceiling else None,
+        },
+    }
+
+
+def cpu_lines(used: dict[str, Any], unit: str, one: str) -> str:
+    """``cpu_summary`` for the report: ``unit`` as there, ``one`` its singular ("an order")."""
+
+    def phase(name: str, what: str) -> str:
+        cost = used[name]
+        by = ", ".join(f"{who} {part['ms_per_request']}" for who, part in cost["by"].items())
+        workers = " + ".join(map(str, cost["by"].get("server", {}).get("each_busy_cores", [])))
+        return (
+            f"{cost['ms_per_request']} ms {what} ({by}), {cost['busy_cores']} of"
+            f" {used['cores']} cores busy" + (f" (the workers: {workers})" if workers else "")
+        )
+
+    ceiling = used["ceiling"][f"{unit}_per_s"]
+    return f"\n\ncpu: /health {phase('health', 'a request')}; {unit} {phase(unit, one)}" + (
+        f"; at that cost, {used['cores']} busy cores carry {ceiling:,} {unit}/s at most"
+        f" (a ratio of {used['ceiling']['ratio']})"
+        if ceiling
+        else ""
+    )
+
+
 # --- running concurrent workers for a fixed time -----------------------------------------
 
 

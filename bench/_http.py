@@ -26,7 +26,7 @@ from typing import IO, Any
 import httpx
 import psutil
 
-from bench._common import BenchFailure, CpuMeter, PhaseResult, run_phase
+from bench._common import BenchFailure, CpuMeter, PhaseResult, Server, run_phase
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdefghij"
 
@@ -73,6 +73,12 @@ class Served:
             if any(c.raddr and c.raddr.port == port for c in sockets):
                 return pid
         return None
+
+
+def cpu_meter(server: Served, pg: Server) -> CpuMeter:
+    """A meter of the CPU the served app's workers (each apart too), its PostgreSQL and this
+    process's clients use (``bench._common.CpuMeter``)."""
+    return CpuMeter({"server": server.pid, "postgres": pg.postmaster_pid()}, frozenset({"server"}))
 
 
 @contextmanager

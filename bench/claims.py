@@ -29,6 +29,8 @@ from app.db.session import create_engine, create_sessionmaker
 from app.ledger.verify import run_checks
 from app.offsets.verify import run_registry_checks
 from bench._common import (
+    cpu_lines,
+    cpu_summary,
     finish,
     format_table,
     ratio,
@@ -36,7 +38,15 @@ from bench._common import (
     setup_logging,
     throwaway_server,
 )
-from bench._http import Connection, Served, check, http_phase, registry_headers, served
+from bench._http import (
+    Connection,
+    Served,
+    check,
+    cpu_meter,
+    http_phase,
+    registry_headers,
+    served,
+)
 
 GRAMS_PER_CLAIM = 350  # a 200 g pack of rice crackers, say
 CLIENTS = 32
@@ -155,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with throwaway_server() as pg:
         url = pg.migrated_database("claims")
         with served(url) as server:
+            meter = cpu_meter(server, pg)
 
             async def run() -> dict[str, Any]:
                 pool_id, shop = await prepare(server, tonnes=1_000)
@@ -168,9 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     body = {"grams": GRAMS_PER_CLAIM, "reference": f"order-{worker}-{i}"}
                     return await c.request("POST", path, json.dumps(body).encode(), shop)
 
-                baseline, _ = await http_phase("GET /health", server, CLIENTS, seconds, health)
+                baseline, _ = await http_phase(
+                    "GET /health", server, CLIENTS, seconds, health, meter=meter
+                )
                 pg.checkpoint()
-                claims, statuses = await http_phase("unit claims", server, CLIENTS, seconds, claim)
+                claims, statuses = await http_phase(
+                    "unit claims", server, CLIENTS, seconds, claim, meter=meter
+                )
                 return {
                     "pool_id": pool_id,
                     "baseline": baseline,
@@ -190,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             [claims.name, CLIENTS, claims.operations, claims.rate, claims.latency_ms(50), claims.latency_ms(99), ratio(claims.rate, baseline.rate)],
         ],
     )  # fmt: skip
+    used = cpu_summary(baseline, claims, "claims")
+    report += cpu_lines(used, "claims", "a claim")
     return finish(
         report,
         {
@@ -200,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ratio": ratio(claims.rate, baseline.rate),
             "p99_ms": claims.latency_ms(99),
             "goal": ">= 1000 claims/s",
+            "cpu": used,
         },
         failures,
     )

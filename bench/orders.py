@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -70,9 +69,8 @@ from app.db.session import create_engine, create_sessionmaker
 from app.ledger.verify import run_checks
 from app.offsets.verify import run_registry_checks
 from bench._common import (
-    CpuMeter,
-    PhaseResult,
-    cpu_used,
+    cpu_lines,
+    cpu_summary,
     finish,
     format_table,
     ratio,
@@ -80,7 +78,15 @@ from bench._common import (
     setup_logging,
     throwaway_server,
 )
-from bench._http import Connection, Served, check, http_phase, registry_headers, served
+from bench._http import (
+    Connection,
+    Served,
+    check,
+    cpu_meter,
+    http_phase,
+    registry_headers,
+    served,
+)
 
 CLIENTS = 32
 PRICE = 1_000  # JPY per t-CO2e: every order at this price, so each one crosses or rests
@@ -366,51 +372,6 @@ def _side_of(client: int) -> str:
     return "sell" if client % 2 else "buy"
 
 
-def cpu_summary(baseline: PhaseResult, orders: PhaseResult) -> dict[str, Any]:
-    """What each measured phase cost the machine (``bench._common.cpu_used``: the server's
-    workers, PostgreSQL, and this process's clients), and the ceiling the orders' cost sets:
-    the orders per second this machine's cores could carry at most, were they all busy with
-    orders at that cost per order, and that beside this run's ``/health``."""
-    if baseline.cpu is None or orders.cpu is None:
-        raise ValueError("both phases must be metered (http_phase(meter=…))")
-    health = cpu_used(*baseline.cpu, baseline.operations)
-    placed = cpu_used(*orders.cpu, orders.operations)
-    cores = os.cpu_count() or 1
-    per_order = placed["ms_per_request"]
-    ceiling = cores * 1e3 / per_order if per_order else None
-    return {
-        "cores": cores,
-        "health": health,
-        "orders": placed,
-        "ceiling": {
-            "orders_per_s": round(ceiling, 1) if ceiling else None,
-            "ratio": ratio(ceiling, baseline.rate) if ceiling else None,
-        },
-    }
-
-
-def _cpu_lines(used: dict[str, Any]) -> str:
-    def phase(name: str, what: str) -> str:
-        cost = used[name]
-        by = ", ".join(f"{who} {part['ms_per_request']}" for who, part in cost["by"].items())
-        return (
-            f"{cost['ms_per_request']} ms {what} ({by}), {cost['busy_cores']} of"
-            f" {used['cores']} cores busy"
-        )
-
-    ceiling = used["ceiling"]
-    return (
-        f"\n\ncpu: /health {phase('health', 'a request')};"
-        f" orders {phase('orders', 'an order')}"
-        + (
-            f"; at that cost, {used['cores']} busy cores carry {ceiling['orders_per_s']:,}"
-            f" orders/s at most (a ratio of {ceiling['ratio']})"
-            if ceiling["orders_per_s"]
-            else ""
-        )
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few seconds, not a minute")
@@ -452,9 +413,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
     with throwaway_server() as pg:
         url = pg.migrated_database("orders")
         with served(url, debug=["app.market.group"] if debug_log else [], log=debug_log) as server:
-            meter = CpuMeter(
-                {"server": server.pid, "postgres": pg.postmaster_pid()}, frozenset({"server"})
-            )
+            meter = cpu_meter(server, pg)
 
             async def run() -> dict[str, Any]:
                 keys = await prepare(server, clients)
@@ -513,8 +472,8 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
         f"\n\nstored: {stored['orders']:,} orders, {stored['trades']:,} trades"
         f" ({stored['traded']:,} credits)"
     )
-    used = cpu_summary(baseline, orders)
-    report += _cpu_lines(used)
+    used = cpu_summary(baseline, orders, "orders")
+    report += cpu_lines(used, "orders", "an order")
     groups: dict[str, Any] | None = None
     if debug_log is not None:
         debug_log.seek(0)

@@ -79,6 +79,24 @@ def test_orders_benchmark_runs_and_its_checks_pass() -> None:
     assert "FAILED" not in stdout
 
 
+def test_claims_benchmark_runs_and_its_checks_pass() -> None:
+    result, stdout = run_bench("bench.claims", "--quick", "--seconds", "0.5")
+
+    assert result["name"] == "claims"
+    assert result["ok"] is True
+    assert result["unit"] == "claims/s"
+    assert result["value"] > 0
+    assert result["baseline"] > 0
+    cpu = result["cpu"]
+    for who in ("server", "postgres", "client"):
+        assert cpu["claims"]["by"][who]["ms_per_request"] > 0, who
+    assert cpu["ceiling"]["claims_per_s"] == round(
+        cpu["cores"] * 1e3 / cpu["claims"]["ms_per_request"], 1
+    )
+    assert "cpu: /health" in stdout
+    assert "FAILED" not in stdout
+
+
 def test_orders_with_a_deep_spread_book_keep_their_checks() -> None:
     """``--depth`` rests orders beyond the run's prices, ``--spread`` prices the run's orders
     over several levels: the invariant checks (every acknowledged order stored, the book
