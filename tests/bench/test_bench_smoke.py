@@ -30,15 +30,32 @@ def run_bench(module: str, *args: str) -> tuple[dict[str, Any], str]:
     return json.loads(lines[-1]), done.stdout
 
 
-def test_ledger_benchmark_runs_and_its_checks_pass() -> None:
-    result, stdout = run_bench("bench.ledger", "--quick", "--seconds", "0.3")
-
-    assert result["name"] == "ledger"
+def assert_ran(result: dict[str, Any], stdout: str, name: str, unit: str) -> None:
+    """The output contract: its name and unit, its checks passed, a figure beside a baseline."""
+    assert result["name"] == name
     assert result["ok"] is True
-    assert result["unit"] == "entries/s"
+    assert result["unit"] == unit
     assert result["value"] > 0
     assert result["baseline"] > 0
     assert result["ratio"] > 0
+    assert "FAILED" not in stdout
+
+
+def assert_costed(result: dict[str, Any], stdout: str, unit: str) -> None:
+    """What the measured phase cost the machine: the server's workers, PostgreSQL and the
+    clients each something; the ceiling is the cores over the cost of one."""
+    cpu = result["cpu"]
+    for who in ("server", "postgres", "client"):
+        assert cpu[unit]["by"][who]["ms_per_request"] > 0, who
+    per_second = round(cpu["cores"] * 1e3 / cpu[unit]["ms_per_request"], 1)
+    assert cpu["ceiling"][f"{unit}_per_s"] == per_second
+    assert "cpu: /health" in stdout
+
+
+def test_ledger_benchmark_runs_and_its_checks_pass() -> None:
+    result, stdout = run_bench("bench.ledger", "--quick", "--seconds", "0.3")
+
+    assert_ran(result, stdout, "ledger", "entries/s")
     for phase in ("single", "hot", "batched"):
         assert result[phase]["count"] > 0, phase
         assert result[phase]["ratio"] > 0, phase
@@ -46,7 +63,6 @@ def test_ledger_benchmark_runs_and_its_checks_pass() -> None:
     # Durable, like production: the figures would mean nothing otherwise.
     assert result["server"]["fsync"] == "on"
     assert result["server"]["synchronous_commit"] == "on"
-    assert "FAILED" not in stdout
 
 
 def test_orders_benchmark_runs_and_its_checks_pass() -> None:
@@ -54,47 +70,22 @@ def test_orders_benchmark_runs_and_its_checks_pass() -> None:
         "bench.orders", "--quick", "--seconds", "0.5", "--clients", "4", "--groups"
     )
 
-    assert result["name"] == "orders"
-    assert result["ok"] is True
-    assert result["unit"] == "orders/s"
-    assert result["value"] > 0
-    assert result["baseline"] > 0
-    assert result["ratio"] > 0
+    assert_ran(result, stdout, "orders", "orders/s")
     assert result["trades"] > 0
     assert result["server"]["fsync"] == "on"
     # --groups: the server's groups in the orders phase, read from its DEBUG log.
     assert result["groups"]["groups"] > 0
     assert result["groups"]["orders"] >= result["groups"]["groups"]
     assert "groups:" in stdout
-    # What each phase cost the machine: the orders use the server's workers, PostgreSQL and
-    # the clients; the ceiling is the cores over the cost of an order.
-    cpu = result["cpu"]
-    for who in ("server", "postgres", "client"):
-        assert cpu["orders"]["by"][who]["ms_per_request"] > 0, who
-    assert len(cpu["orders"]["by"]["server"]["each_busy_cores"]) == 2  # both workers served
-    assert cpu["ceiling"]["orders_per_s"] == round(
-        cpu["cores"] * 1e3 / cpu["orders"]["ms_per_request"], 1
-    )
-    assert "cpu: /health" in stdout
-    assert "FAILED" not in stdout
+    assert_costed(result, stdout, "orders")
+    assert len(result["cpu"]["orders"]["by"]["server"]["each_busy_cores"]) == 2  # both workers
 
 
 def test_claims_benchmark_runs_and_its_checks_pass() -> None:
     result, stdout = run_bench("bench.claims", "--quick", "--seconds", "0.5")
 
-    assert result["name"] == "claims"
-    assert result["ok"] is True
-    assert result["unit"] == "claims/s"
-    assert result["value"] > 0
-    assert result["baseline"] > 0
-    cpu = result["cpu"]
-    for who in ("server", "postgres", "client"):
-        assert cpu["claims"]["by"][who]["ms_per_request"] > 0, who
-    assert cpu["ceiling"]["claims_per_s"] == round(
-        cpu["cores"] * 1e3 / cpu["claims"]["ms_per_request"], 1
-    )
-    assert "cpu: /health" in stdout
-    assert "FAILED" not in stdout
+    assert_ran(result, stdout, "claims", "claims/s")
+    assert_costed(result, stdout, "claims")
 
 
 def test_orders_with_a_deep_spread_book_keep_their_checks() -> None:
