@@ -73,16 +73,18 @@ class Reach:
             return self.asks_all if side == Side.BUY else self.bids_all
         return self.reads(Side.SELL, price) and self.reads(Side.BUY, price)
 
-    def filling(self, orders: Iterable[tuple[Side, int]], room: int = 0) -> Reach:
+    def filling(self, orders: Iterable[tuple[Side, int]], room: int | tuple[int, int] = 0) -> Reach:
         """This reach, reading of each side only what orders given as (side, quantity), and
-        ``room`` more on each side, can fill."""
+        ``room`` more, can fill: the same on each side, or (for the buys, for the sells) as
+        a pair (the buys' room is read of the sells, ``asks_need``)."""
         buys = sells = 0
         for side, quantity in orders:
             if side == Side.BUY:
                 buys += quantity
             else:
                 sells += quantity
-        return replace(self, asks_need=buys + room, bids_need=sells + room)
+        buys_room, sells_room = room if isinstance(room, tuple) else (room, room)
+        return replace(self, asks_need=buys + buys_room, bids_need=sells + sells_room)
 
     def fits(self, orders: Iterable[tuple[Side, int]]) -> bool:
         """Whether orders given as (side, quantity) together take no more from either side

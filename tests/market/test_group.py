@@ -442,7 +442,7 @@ async def test_an_order_that_would_fill_beyond_what_the_lock_call_read_waits(
         assert r.status_code == 201, r.text
         buys.append(r.json()["id"])
     # No room for late orders: the lock call reads what the first sell can fill.
-    group._last_sizes.pop(uuid.UUID(product_id), None)
+    group._last_taken.pop(uuid.UUID(product_id), None)
     monkeypatch.setattr(group, "ROOM_AT_LEAST", 0)
     listener = await asyncpg.connect(libpq_url(engine.url.render_as_string(hide_password=False)))
     heard: list[dict[str, Any]] = []

@@ -268,6 +268,40 @@ def test_the_reach_of_orders() -> None:
     assert not market_buy.reads(Side.BUY, 999)
 
 
+async def test_a_groups_room_for_late_orders_is_sized_per_side() -> None:
+    """``app.market.group._reach``: on each side, what is queued there, or twice what that
+    side of the last group took, or ``ROOM_AT_LEAST`` orders of the largest quantity queued,
+    whichever is most (at most ``MAX_GROUP`` such orders); a buy's room is read of the sells
+    (``asks_need``), a sell's of the buys."""
+    from app.market import group
+    from app.market.schemas import OrderCreate
+
+    def queue(*orders: tuple[str, int]) -> list[group._Waiting]:
+        return [
+            group._Waiting(
+                uuid.uuid4(),
+                OrderCreate.model_validate(
+                    {"product": "JCR-TEST", "side": side, "price": 1_000, "quantity": quantity}
+                ),
+            )
+            for side, quantity in orders
+        ]
+
+    floor = group.ROOM_AT_LEAST
+    first = group._reach(queue(("buy", 1)))
+    assert (first.asks_need, first.bids_need) == (floor, floor)  # nothing taken yet
+    # The last group took 20 bought and 3 sold; the largest queued is 2.
+    steady = group._reach(queue(("buy", 1), ("sell", 2)), (20, 3))
+    assert (steady.asks_need, steady.bids_need) == (40, 2 * floor)
+    # However much was taken, no more than MAX_GROUP orders of the largest queued.
+    capped = group._reach(queue(("sell", 3)), (1_000, 0))
+    assert capped.asks_need == group.MAX_GROUP * 3
+    assert capped.bids_need == floor * 3
+    # What is queued is always read for.
+    many = group._reach(queue(*[("buy", 5)] * 10), (0, 0))
+    assert many.asks_need == max(50, floor * 5)
+
+
 async def test_the_lock_call_reads_exactly_what_the_reach_reads(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
