@@ -95,11 +95,21 @@ class Account(IdMixin, Base):
 
 class Entry(Base):
     __tablename__ = "ledger_entries"
+    __table_args__ = (
+        # Unique where given; most entries (every order's, every auction's) have none, and a
+        # partial index writes nothing for them (migration 0030).
+        Index(
+            "ledger_entries_idempotency_key_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(40), nullable=False)
     reference: Mapped[str | None] = mapped_column(String(200))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
     # The transaction that wrote the entry: postings may only be added by that transaction.
     txid: Mapped[int] = mapped_column(

@@ -152,7 +152,14 @@ class MarketOrder(IdMixin, TimestampMixin, Base):
         CheckConstraint("(side = 'buy') = (cash_hold_id IS NOT NULL)", name="holds"),
         CheckConstraint("(time_in_force = 'gtd') = (expires_at IS NOT NULL)", name="expires_at"),
         UniqueConstraint("organization_id", "client_order_id"),
-        Index("ix_market_orders_product_id_status", "product_id", "status"),
+        # A buy's cash hold is its own; a sell has none (its credit holds are rows of their
+        # own), and a partial index writes nothing for it (migration 0030).
+        Index(
+            "market_orders_cash_hold_id_key",
+            "cash_hold_id",
+            unique=True,
+            postgresql_where=text("cash_hold_id IS NOT NULL"),
+        ),
         # The book by side and price (migration 0028): a group's lock call reads two ranges
         # of it (``app.market.reach``), however deep the book is.
         Index(
@@ -193,7 +200,7 @@ class MarketOrder(IdMixin, TimestampMixin, Base):
     client_order_id: Mapped[str | None] = mapped_column(String(64))
     # A buy order's cash hold (limit × quantity, or band high × quantity for a market buy).
     cash_hold_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("ledger_holds.id", ondelete="RESTRICT"), unique=True
+        ForeignKey("ledger_holds.id", ondelete="RESTRICT")
     )
     sequence: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True, nullable=False)
 
