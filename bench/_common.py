@@ -4,6 +4,9 @@
   temporary folder with its *default, durable* settings (fsync, synchronous_commit and
   full_page_writes on: what production runs; never ``fast_unsafe``), checks that they are on,
   and stops and removes it afterwards.
+- It also gives that server WAL segments to recycle, as a running server has
+  (``ready_wal``): a new one has only a few, and creates each further 16 MB segment, filled
+  with zeros and synced, while a commit waits for it.
 - ``Server.migrated_database()`` creates a database there and brings it to Alembic head.
 - ``pgbench_init()`` / ``pgbench_run()`` drive the ``pgbench`` shipped in the same wheel.
 - ``run_phase()`` runs N concurrent asyncio workers for a fixed wall-clock time and counts what
@@ -55,7 +58,14 @@ REPORTED_SETTINGS = (
     "max_connections",
     "wal_sync_method",
     "commit_delay",
+    "min_wal_size",
 )
+
+# What the throwaway server keeps ready for its phases: WAL segments to recycle (``ready_wal``).
+# 256 MB is 16 segments: about 35 s of ``bench/orders`` at 1,000 orders/s (about 6 KB of WAL an
+# order), more than a phase writes between its benchmark's checkpoints.
+READY_WAL_MB = 256
+QUICK_WAL_MB = 16  # a smoke run's: the same steps, one segment
 
 
 class BenchFailure(RuntimeError):
@@ -139,14 +149,17 @@ class Server:
 
 
 @contextmanager
-def throwaway_server(prefix: str = "tanso-bench-") -> Iterator[Server]:
-    """A fresh embedded PostgreSQL in a temporary folder, durable, removed afterwards."""
+def throwaway_server(prefix: str = "tanso-bench-", *, quick: bool = False) -> Iterator[Server]:
+    """A fresh embedded PostgreSQL in a temporary folder, durable, with WAL ready to recycle
+    (``ready_wal``; one segment for a ``quick`` run, which writes little), removed
+    afterwards."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     embedded: EmbeddedPostgres | None = None
     try:
         embedded = start_embedded(root, fast_unsafe=False)
         server = Server(root=root, url=libpq_url(embedded.url))
         require_durable(server)
+        ready_wal(server, QUICK_WAL_MB if quick else READY_WAL_MB)
         yield server
     finally:
         if embedded is not None:
@@ -165,6 +178,32 @@ def _stop_now(embedded: EmbeddedPostgres) -> None:
     )
     if done.returncode != 0:
         embedded.stop()
+
+
+def ready_wal(server: Server, megabytes: int = READY_WAL_MB) -> None:
+    """Give the server ``megabytes`` of WAL segments to recycle, as a server that has run a
+    while has: every checkpoint renames the segments it no longer needs into the next ones,
+    keeping up to ``min_wal_size`` (80 MB by default) of them. A new server has written little
+    WAL, so it has few to recycle; past those, each next segment is created, 16 MB written
+    with zeros and synced, by the backend that needs it while its commit waits. In ``bench/orders``
+    that was a write call of 50-80 ms every 2-3 s once the first five were used, the
+    commits of both workers' groups waiting on it: most of the orders over 50 ms.
+
+    So ``min_wal_size`` is raised (a setting production servers raise for the same reason),
+    that many segments are written (one row, then a switch to the next segment, each time)
+    and a checkpoint recycles them. Durability is untouched: fsync, synchronous_commit and
+    full_page_writes stay on, and the setting is reported with them."""
+    segment = int(server.psql("SELECT pg_size_bytes(current_setting('wal_segment_size'))"))
+    segments = max(1, megabytes * 1024 * 1024 // segment)
+    server.psql(f"ALTER SYSTEM SET min_wal_size = '{megabytes}MB'")
+    server.psql("SELECT pg_reload_conf()")
+    server.psql("CREATE TABLE tanso_bench_wal (i integer)")
+    server.psql(
+        f"DO $$ BEGIN FOR i IN 1..{segments} LOOP"
+        " INSERT INTO tanso_bench_wal VALUES (i); PERFORM pg_switch_wal(); END LOOP; END $$"
+    )
+    server.psql("DROP TABLE tanso_bench_wal")
+    server.checkpoint()
 
 
 def require_durable(server: Server) -> None:

@@ -520,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     try:
-        with throwaway_server(prefix="tanso-bench-auction-") as server:
+        with throwaway_server(prefix="tanso-bench-auction-", quick=args.quick) as server:
             url = server.migrate()
             outcome = run_async(lambda: measure(server, url, config))
     except BenchFailure as exc:

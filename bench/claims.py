@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = args.seconds or (1.5 if args.quick else 15.0)
     setup_logging()
 
-    with throwaway_server() as pg:
+    with throwaway_server(quick=args.quick) as pg:
         url = pg.migrated_database("claims")
         with served(url) as server:
             meter = cpu_meter(server, pg)

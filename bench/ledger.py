@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     try:
-        with throwaway_server(prefix="tanso-bench-ledger-") as server:
+        with throwaway_server(prefix="tanso-bench-ledger-", quick=args.quick) as server:
             started = time.perf_counter()
             ledger_url = server.migrate()
             migrate_seconds = time.perf_counter() - started

@@ -410,7 +410,7 @@ def _run(args: argparse.Namespace, debug_log: IO[bytes] | None) -> int:
     clients = args.clients
     seconds = args.seconds or (1.5 if args.quick else 15.0)
     window: list[datetime] = []  # the orders phase's start and end
-    with throwaway_server() as pg:
+    with throwaway_server(quick=args.quick) as pg:
         url = pg.migrated_database("orders")
         with served(url, debug=["app.market.group"] if debug_log else [], log=debug_log) as server:
             meter = cpu_meter(server, pg)

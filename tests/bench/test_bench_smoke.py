@@ -189,8 +189,28 @@ def test_connections_are_spread_evenly_over_the_workers_and_kinds() -> None:
             for connection in connections:
                 connection.close()
 
-    with throwaway_server() as pg, served(pg.migrate()) as server:
+    with throwaway_server(quick=True) as pg, served(pg.migrate()) as server:
         counts = asyncio.run(spread(server))
 
     assert sorted(counts.values()) == [3, 3, 3, 3]  # each worker: 3 of each kind
     assert None not in {worker for worker, _ in counts}
+
+
+def test_the_throwaway_server_has_wal_segments_ready_to_recycle() -> None:
+    """``ready_wal`` leaves the segments it was asked for ahead of the one being written, as
+    a server that has run a while keeps them, so no phase waits while one is created."""
+    from bench._common import Server, ready_wal, throwaway_server
+
+    def ahead(pg: Server) -> int:
+        return int(
+            pg.psql(
+                "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'"
+                " AND name > pg_walfile_name(pg_current_wal_lsn())"
+            )
+        )
+
+    with throwaway_server(quick=True) as pg:
+        assert ahead(pg) < 4
+        ready_wal(pg, 64)
+        assert ahead(pg) >= 4  # 64 MB: four segments of 16
+        assert pg.settings()["min_wal_size"] == "64MB"
