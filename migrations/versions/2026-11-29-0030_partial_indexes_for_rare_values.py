@@ -6,9 +6,10 @@ Every order writes about 38 index entries (``bench/orders``, counted from
 created and 1.2 closed, a hold, an order row and half a trade). About 6 of them were for values
 almost no row has, in B-tree indexes that also store NULL:
 
-- ``ledger_entries.idempotency_key`` (UNIQUE): only the entries of an API call made with an
-  ``Idempotency-Key`` have one (no order's, auction's or claim's entry). Now a unique index
-  where it is not NULL; ``ledger_post_entries`` (0001) names that predicate in its
+- ``ledger_entries.idempotency_key`` (UNIQUE): only an entry posted with a key of its own
+  (``app.ledger.service.PostEntry.idempotency_key``) has one, and none of the application's
+  writers (orders, auctions, claims, deposits) gives one. Now a unique index where it is not
+  NULL; ``ledger_post_entries`` (0001) names that predicate in its
   ``ON CONFLICT`` (a partial unique index is its arbiter only so), otherwise unchanged.
 - ``offset_blocks.retirement_id``: only retired blocks have one, and every transfer, hold and
   delivery creates blocks and closes others (a new row version each, which writes every index
