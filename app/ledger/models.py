@@ -4,6 +4,9 @@
 - ``ledger_accounts``: an owner's balance of one asset, of one kind. Participants have an
   ``available`` and a ``held`` account per asset; system accounts (no owner) are the sources
   and sinks: ``external`` (money from banks, credits from issuance), ``retired``, ``fees``.
+  A ``fees`` account may be scoped (``scope_id``: a market product's id, without a foreign
+  key, as the ledger knows no market), so that the fills of different products never queue
+  on one fee account's row; the platform's fees are the sum of its ``fees`` accounts.
   ``balance`` is a cache of the sum of the account's postings, updated in the same statement
   that writes them, and checked by ``tanso ledger verify``.
 - ``ledger_entries`` and ``ledger_postings``: append-only double entry; per asset the
@@ -70,8 +73,11 @@ class Asset(Base):
 class Account(IdMixin, Base):
     __tablename__ = "ledger_accounts"
     __table_args__ = (
-        UniqueConstraint("organization_id", "asset", "kind", postgresql_nulls_not_distinct=True),
+        UniqueConstraint(
+            "organization_id", "asset", "kind", "scope_id", postgresql_nulls_not_distinct=True
+        ),
         UniqueConstraint("id", "asset"),
+        CheckConstraint("scope_id IS NULL OR kind = 'fees'", name="scope"),
         CheckConstraint("NOT is_non_negative OR balance >= 0", name="non_negative"),
         CheckConstraint(
             "kind IN ('available', 'held', 'external', 'retired', 'fees')", name="kind"
@@ -87,6 +93,7 @@ class Account(IdMixin, Base):
     )
     asset: Mapped[str] = mapped_column(ForeignKey("ledger_assets.code"), nullable=False)
     kind: Mapped[AccountKind] = mapped_column(StringEnum(AccountKind, 10), nullable=False)
+    scope_id: Mapped[uuid.UUID | None] = mapped_column()  # a fees account's product
     is_non_negative: Mapped[bool] = mapped_column(Boolean, nullable=False)
     balance: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))

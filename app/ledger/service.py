@@ -86,30 +86,38 @@ async def ensure_asset(session: AsyncSession, code: str, kind: AssetKind, name: 
 
 
 async def account_id(
-    session: AsyncSession, organization_id: uuid.UUID | None, asset: str, kind: AccountKind
+    session: AsyncSession,
+    organization_id: uuid.UUID | None,
+    asset: str,
+    kind: AccountKind,
+    scope_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    """The id of an account, created on first use. Participant accounts are non-negative."""
+    """The id of an account, created on first use. Participant accounts are non-negative.
+    ``scope_id``: a scoped ``fees`` account's scope (a market product's id)."""
     where = (
         Account.organization_id.is_(None)
         if organization_id is None
         else Account.organization_id == organization_id,
         Account.asset == asset,
         Account.kind == kind,
+        Account.scope_id.is_(None) if scope_id is None else Account.scope_id == scope_id,
     )
     found = await session.scalar(select(Account.id).where(*where))
     if found is not None:
         return found
     created = await session.scalar(
         text(
-            "INSERT INTO ledger_accounts (id, organization_id, asset, kind, is_non_negative, created_at)"
-            " VALUES (:id, :org, :asset, :kind, :nn, now())"
-            " ON CONFLICT (organization_id, asset, kind) DO NOTHING RETURNING id"
+            "INSERT INTO ledger_accounts"
+            " (id, organization_id, asset, kind, scope_id, is_non_negative, created_at)"
+            " VALUES (:id, :org, :asset, :kind, :scope, :nn, now())"
+            " ON CONFLICT (organization_id, asset, kind, scope_id) DO NOTHING RETURNING id"
         ),
         {
             "id": new_id(),
             "org": organization_id,
             "asset": asset,
             "kind": kind.value,
+            "scope": scope_id,
             "nn": kind != AccountKind.external,
         },
     )
@@ -416,7 +424,7 @@ async def ensure_accounts(
             " FROM unnest(CAST(:ids AS uuid[]), CAST(:orgs AS uuid[]), CAST(:assets AS text[]),"
             " CAST(:kinds AS text[])) AS k(id, org, asset, kind)"
             " ORDER BY org, asset, kind"
-            " ON CONFLICT (organization_id, asset, kind) DO NOTHING"
+            " ON CONFLICT (organization_id, asset, kind, scope_id) DO NOTHING"
         ),
         params,
     )

@@ -206,7 +206,9 @@ async def lock_for_fills(
         session,
         {b for bs in batches.values() for b in bs},
         keys,
-        fee_account=bool(fills) and bool(product.maker_fee_bps or product.taker_fee_bps),
+        fee_scope=product.id
+        if fills and (product.maker_fee_bps or product.taker_fee_bps)
+        else None,
     )
 
 

@@ -177,7 +177,7 @@ from app.offsets import service as offsets_service
 from app.offsets.errors import InsufficientCredits
 from app.offsets.models import Batch
 
-FEES = AccountKind.fees  # the platform's fee account: the ledger's system JPY "fees" account
+FEES = AccountKind.fees  # the platform's fee accounts: the ledger's system JPY "fees" accounts
 CLIENT_ORDER_ID_CONSTRAINT = "market_orders_organization_id_client_order_id_key"
 PRODUCT_CODE_CONSTRAINT = "market_products_code_key"
 
@@ -507,8 +507,8 @@ def buy_hold(product: Product, limit: int, quantity: int) -> int:
 # --- credit holds and settlement locks ---------------------------------------------------
 
 AccountKey = tuple[uuid.UUID, str, AccountKind]
-# What ``lock_settlement`` locked: account id by (organisation, asset, kind); the platform's
-# fee account under (None, CASH, FEES).
+# What ``lock_settlement`` locked: account id by (organisation, asset, kind); a product's fee
+# account under ``fee_key(product id)``.
 LockedAccounts = dict[tuple[uuid.UUID | None, str, AccountKind], uuid.UUID]
 
 
@@ -626,18 +626,20 @@ def _order_keys(
 _SEEN_ACCOUNTS: dict[tuple[uuid.UUID | None, str, AccountKind], uuid.UUID] = {}
 _SEEN_ACCOUNTS_MAX = 100_000  # then start over: a hint, not a copy of the table
 
-# The ids of the accounts named by (:orgs, :assets, :kinds), and the fee account if :fee.
+# The ids of the accounts named by (:orgs, :assets, :kinds), and the fee account of the
+# product :fee_scope if not NULL; the rows keyed as ``LockedAccounts`` (a fee account by its
+# scope: ``fee_key``).
 _ACCOUNT_IDS = (
     "SELECT a.id FROM ledger_accounts a"
     " JOIN unnest(CAST(:orgs AS uuid[]), CAST(:assets AS text[]), CAST(:kinds AS text[]))"
     " AS k(org, asset, kind)"
     " ON a.organization_id = k.org AND a.asset = k.asset AND a.kind = k.kind"
-    " UNION ALL SELECT a.id FROM ledger_accounts a WHERE CAST(:fee AS boolean)"
-    " AND a.organization_id IS NULL AND a.asset = :fee_asset AND a.kind = :fee_kind"
+    " UNION ALL SELECT a.id FROM ledger_accounts a WHERE a.organization_id IS NULL"
+    " AND a.asset = :fee_asset AND a.kind = :fee_kind AND a.scope_id = CAST(:fee_scope AS uuid)"
 )
+_KEYED = "id, coalesce(organization_id, scope_id) AS organization_id, asset, kind"
 _FIND_AND_LOCK_ACCOUNTS = text(
-    "SELECT id, organization_id, asset, kind FROM ledger_accounts"
-    f" WHERE id IN ({_ACCOUNT_IDS}) ORDER BY id FOR UPDATE"
+    f"SELECT {_KEYED} FROM ledger_accounts WHERE id IN ({_ACCOUNT_IDS}) ORDER BY id FOR UPDATE"
 )
 # The same, with the batches locked first in the same statement: the uncorrelated sub-select
 # is evaluated (once) before any account row comes out of the sort below the row locks, so the
@@ -645,7 +647,7 @@ _FIND_AND_LOCK_ACCOUNTS = text(
 _LOCK_BATCHES_FIND_AND_LOCK_ACCOUNTS = text(
     "WITH b AS MATERIALIZED (SELECT id FROM offset_batches"
     " WHERE id = ANY(CAST(:batches AS uuid[])) ORDER BY id FOR NO KEY UPDATE)"
-    " SELECT id, organization_id, asset, kind FROM ledger_accounts"
+    f" SELECT {_KEYED} FROM ledger_accounts"
     f" WHERE (SELECT count(*) FROM b) >= 0 AND id IN ({_ACCOUNT_IDS}) ORDER BY id FOR UPDATE"
 )
 
@@ -656,11 +658,22 @@ def _remember_accounts(found: LockedAccounts) -> None:
     _SEEN_ACCOUNTS.update(found)
 
 
-def _seen_accounts(keys: Iterable[AccountKey], fee_account: bool) -> LockedAccounts | None:
-    """The ids of these accounts (and the fee account) if all were seen, else None."""
+def fee_key(product_id: uuid.UUID) -> AccountKey:
+    """Where ``lock_settlement`` and the seen accounts keep a product's fee account: the
+    ledger's ``fees`` JPY account scoped by the product (migration 0031), under the product's
+    id in the organisation's place (ids are unique across tables: no organisation's key is
+    one)."""
+    return (product_id, ledger_service.CASH, FEES)
+
+
+def _seen_accounts(
+    keys: Iterable[AccountKey], fee_scope: uuid.UUID | None
+) -> LockedAccounts | None:
+    """The ids of these accounts (and the product ``fee_scope``'s fee account) if all were
+    seen, else None."""
     wanted: set[tuple[uuid.UUID | None, str, AccountKind]] = set(keys)
-    if fee_account:
-        wanted.add((None, ledger_service.CASH, FEES))
+    if fee_scope is not None:
+        wanted.add(fee_key(fee_scope))
     if not wanted <= _SEEN_ACCOUNTS.keys():
         return None
     return {key: _SEEN_ACCOUNTS[key] for key in wanted}
@@ -675,7 +688,7 @@ async def lock_settlement(
     batch_ids: Iterable[uuid.UUID],
     keys: Iterable[AccountKey],
     *,
-    fee_account: bool = False,
+    fee_scope: uuid.UUID | None = None,
 ) -> LockedAccounts:
     """Lock, before any hold or posting, every batch and then every ledger account a step will
     touch: the batches in one statement by id, then the accounts in one statement by id.
@@ -690,8 +703,8 @@ async def lock_settlement(
     """
     batches = sorted(set(batch_ids))
     wanted = set(keys)
-    fee_key = (None, ledger_service.CASH, FEES)
-    fast = bool(wanted or fee_account) and _seen_accounts(wanted, fee_account) is not None
+    fee_account = fee_scope is not None
+    fast = bool(wanted or fee_account) and _seen_accounts(wanted, fee_scope) is not None
     if batches and not fast:
         await session.execute(
             text(
@@ -707,7 +720,7 @@ async def lock_settlement(
                 "orgs": [org for org, _, _ in wanted],
                 "assets": [asset for _, asset, _ in wanted],
                 "kinds": [kind.value for _, _, kind in wanted],
-                "fee": fee_account,
+                "fee_scope": fee_scope,
                 "fee_asset": ledger_service.CASH,
                 "fee_kind": FEES.value,
             },
@@ -732,9 +745,12 @@ async def lock_settlement(
         _remember_accounts(found)
         for key in sorted(wanted):
             accounts[key] = found.get(key) or await ledger_service.account_id(session, *key)
-    if fee_account:
-        accounts[fee_key] = await ledger_service.account_id(session, *fee_key)
-        _remember_accounts({fee_key: accounts[fee_key]})
+    if fee_scope is not None:
+        key = fee_key(fee_scope)
+        accounts[key] = await ledger_service.account_id(
+            session, None, ledger_service.CASH, FEES, scope_id=fee_scope
+        )
+        _remember_accounts({key: accounts[key]})
     if accounts:
         await session.execute(
             text("SELECT id FROM ledger_accounts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
@@ -831,7 +847,14 @@ async def _settle(
     )
     seller_cash = await account(sell.organization_id, ledger_service.CASH, AccountKind.available)
     fee_account = (
-        await account(None, ledger_service.CASH, FEES) if buyer_bps or seller_bps else None
+        (
+            known.get(fee_key(product.id))
+            or await ledger_service.account_id(
+                session, None, ledger_service.CASH, FEES, scope_id=product.id
+            )
+        )
+        if buyer_bps or seller_bps
+        else None
     )
     now = utc_now()
     trades: list[MarketTrade] = []
@@ -1256,12 +1279,14 @@ async def place_orders(
         and (incoming[0].body.side == Side.BUY or product.batch_id is not None)
     ):
         keys = set()
-    fee_account = any_fills and bool(product.maker_fee_bps or product.taker_fee_bps)
+    fee_scope = (
+        product.id if any_fills and (product.maker_fee_bps or product.taker_fee_bps) else None
+    )
     # A group on one batch sends its writes in one call at the end (module docstring). If its
     # batch is locked already and every account it touches was seen before, that call locks
     # the accounts too (by the ids seen: one round trip fewer under the product lock).
     defer = len(incoming) > 1 and product.batch_id is not None and not collecting
-    seen = _seen_accounts(keys, fee_account) if defer and batch_locked else None
+    seen = _seen_accounts(keys, fee_scope) if defer and batch_locked else None
     if seen is not None:
         accounts, lock_in_write = seen, sorted(set(seen.values()))
     else:
@@ -1270,7 +1295,7 @@ async def place_orders(
                 session,
                 {b for bs in sell_batches.values() for b in bs},
                 keys,
-                fee_account=fee_account,
+                fee_scope=fee_scope,
             ),
             [],
         )

@@ -181,11 +181,13 @@ INVARIANTS = {
                               AND b.vintage <= coalesce(p.vintage_max, b.vintage)
                               AND b.labels @> p.labels END)
     """,
-    # Fees: what the fee account holds is what the trades say was charged.
+    # Fees: what each product's fee account holds is what its trades say was charged (and
+    # the unscoped fee account took none of it).
     "fees_add_up": """
         SELECT a.id FROM ledger_accounts a
          WHERE a.kind = 'fees' AND a.asset = 'JPY'
-           AND a.balance <> (SELECT coalesce(sum(buyer_fee + seller_fee), 0) FROM market_trades)
+           AND a.balance <> (SELECT coalesce(sum(t.buyer_fee + t.seller_fee), 0)
+                               FROM market_trades t WHERE t.product_id = a.scope_id)
     """,
     "open_orders_are_limit_gtc_or_gtd": """
         SELECT id FROM market_orders WHERE status IN ('open', 'partially_filled')

@@ -51,15 +51,16 @@ async def test_the_hint_path_returns_the_same_ids_as_the_long_way(
     await deposit(client, payer, 1_000)
     org = uuid.UUID(payer.id)
     keys = {(org, CASH, AccountKind.available), (org, CASH, AccountKind.held)}
+    product = uuid.uuid4()  # a product's fee account is scoped by its id (migration 0031)
     market_service._SEEN_ACCOUNTS.clear()
     # The long way: the held account is created here (so not remembered: not yet committed).
-    first = await market_service.lock_settlement(session, [], keys, fee_account=True)
+    first = await market_service.lock_settlement(session, [], keys, fee_scope=product)
     await session.commit()
     # The long way again, which now finds every account and remembers them.
-    again = await market_service.lock_settlement(session, [], keys, fee_account=True)
+    again = await market_service.lock_settlement(session, [], keys, fee_scope=product)
     await session.commit()
-    assert keys | {(None, CASH, AccountKind.fees)} <= market_service._SEEN_ACCOUNTS.keys()
-    second = await market_service.lock_settlement(session, [], keys, fee_account=True)
+    assert keys | {market_service.fee_key(product)} <= market_service._SEEN_ACCOUNTS.keys()
+    second = await market_service.lock_settlement(session, [], keys, fee_scope=product)
     await session.commit()
     assert keys <= market_service._SEEN_ACCOUNTS.keys()  # the one-statement path served it
     ids = await _ids(session, org)
@@ -67,5 +68,6 @@ async def test_the_hint_path_returns_the_same_ids_as_the_long_way(
     assert {k: v for k, v in second.items() if k[0] == org} == {
         (org, CASH, kind): ids[kind] for kind in (AccountKind.available, AccountKind.held)
     }
-    fees = await ledger_service.account_id(session, None, CASH, AccountKind.fees)
-    assert second[None, CASH, AccountKind.fees] == fees
+    fees = await ledger_service.account_id(session, None, CASH, AccountKind.fees, product)
+    assert second[market_service.fee_key(product)] == fees
+    assert fees != await ledger_service.account_id(session, None, CASH, AccountKind.fees)

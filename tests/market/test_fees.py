@@ -22,8 +22,9 @@ DEPOSIT = 1_000_000
 
 
 async def _fee_account(session: AsyncSession) -> int:
+    """What the platform's fee accounts hold (one per product that charged a fee)."""
     balance = await session.scalar(
-        text("SELECT balance FROM ledger_accounts WHERE kind = 'fees' AND asset = 'JPY'")
+        text("SELECT sum(balance) FROM ledger_accounts WHERE kind = 'fees' AND asset = 'JPY'")
     )
     await session.rollback()
     return int(balance or 0)

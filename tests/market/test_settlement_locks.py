@@ -10,11 +10,15 @@ account a placement touches is locked up front, by id: they queue instead.
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.market import service as market_service
+from app.market.matching import Side
+from app.market.schemas import OrderCreate
 from tests.factories import ADMIN, Org, create_org, deposit
 from tests.market.helpers import Market, assert_market_clean, create_product, credits, ordered
 from tests.offsets.helpers import create_project, issue, new_batch, registry_org
@@ -120,4 +124,45 @@ async def test_category_sells_and_cancels_across_shared_batches(
                 headers=buyer.headers,
             )
             assert r.status_code == 201, r.text
+    await assert_market_clean(session)
+
+
+async def test_fills_on_two_products_do_not_queue_on_one_fee_account(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    """Each product's fees go to a fee account of its own (migration 0031): while a fill on
+    one product is settled and not yet committed (its fee account locked until then), a fill
+    on another product, between other organisations, settles. With one fee account for all,
+    the second waited for the first's commit."""
+    a, b, c, d = [await create_org(client) for _ in range(4)]
+    products = []
+    for seller, buyer in ((a, b), (c, d)):
+        issued = await new_batch(client, seller, 100)
+        r = await create_product(client, issued.batch_id, maker_fee_bps=5, taker_fee_bps=20)
+        assert r.status_code == 201, r.text
+        products.append(Market(dict(r.json()), [seller], [buyer]))
+        await deposit(client, buyer, 10_000_000)
+        await ordered(client, seller, products[-1], "sell", 1000, 4)
+    p1, p2 = products
+    # B's buy on P1 fills against A's sell in this session's transaction, left open.
+    [placed] = await market_service.place_orders(
+        session,
+        uuid.UUID(p1.product["id"]),
+        [(uuid.UUID(b.id), OrderCreate(product=p1.code, side=Side.BUY, price=1000, quantity=2))],
+    )
+    assert placed.trades
+    assert placed.trades[0].buyer_fee > 0
+    buy = asyncio.create_task(
+        client.post(
+            "/v1/orders",
+            json={"product": p2.code, "side": "buy", "price": 1000, "quantity": 2},
+            headers=d.headers,
+        )
+    )
+    done, _ = await asyncio.wait({buy}, timeout=10)
+    await session.rollback()
+    r = await buy
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "filled"
+    assert done, "P2's fill waited for P1's uncommitted settlement"
     await assert_market_clean(session)
