@@ -409,3 +409,45 @@ class TestBidOutcomesMigration:
             downgrade(url, "0013")
         assert version(url) == "0014"
         assert bid_statuses(url) == {first: "active", second: "active"}
+
+
+class TestFeeAccountsPerProduct:
+    """0031 lets a ``fees`` account have a scope (a product's id), one per scope, and only a
+    ``fees`` account; its downgrade refuses while a scoped account exists."""
+
+    PRODUCT = "00000000-0000-7000-8000-00000000e0a1"
+
+    def _fees(self, url: str, account_id: str, scope: str | None, kind: str = "fees") -> None:
+        run_sql(
+            url,
+            "INSERT INTO ledger_assets (code, kind, name, created_at) VALUES"
+            " ('JPY', 'cash', 'Yen', now()) ON CONFLICT DO NOTHING",
+            "INSERT INTO ledger_accounts (id, organization_id, asset, kind, scope_id,"
+            f" is_non_negative, created_at) VALUES ('{account_id}', NULL, 'JPY', '{kind}',"
+            f" {'NULL' if scope is None else repr(scope)}, true, now())",
+        )
+
+    def test_one_fee_account_per_scope_and_only_fees_scoped(self, fresh_database_url: str) -> None:
+        url = fresh_database_url
+        upgrade(url, "0031")
+        self._fees(url, "00000000-0000-7000-8000-00000000f0a1", None)
+        self._fees(url, "00000000-0000-7000-8000-00000000f0a2", self.PRODUCT)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            self._fees(url, "00000000-0000-7000-8000-00000000f0a3", self.PRODUCT)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            self._fees(url, "00000000-0000-7000-8000-00000000f0a4", None)
+        with pytest.raises(asyncpg.CheckViolationError):
+            self._fees(url, "00000000-0000-7000-8000-00000000f0a5", self.PRODUCT, "retired")
+
+    def test_downgrade_refuses_while_a_product_has_a_fee_account(
+        self, fresh_database_url: str
+    ) -> None:
+        url = fresh_database_url
+        upgrade(url, "0031")
+        self._fees(url, "00000000-0000-7000-8000-00000000f0b1", self.PRODUCT)
+        with pytest.raises(Exception, match="products have fee accounts of their own"):
+            downgrade(url, "0030")
+        assert version(url) == "0031"
+        run_sql(url, "DELETE FROM ledger_accounts")
+        downgrade(url, "0030")
+        assert version(url) == "0030"
