@@ -183,11 +183,12 @@ def _stop_now(embedded: EmbeddedPostgres) -> None:
 def ready_wal(server: Server, megabytes: int = READY_WAL_MB) -> None:
     """Give the server ``megabytes`` of WAL segments to recycle, as a server that has run a
     while has: every checkpoint renames the segments it no longer needs into the next ones,
-    keeping up to ``min_wal_size`` (80 MB by default) of them. A new server has written little
-    WAL, so it has few to recycle; past those, each next segment is created, 16 MB written
-    with zeros and synced, by the backend that needs it while its commit waits. In ``bench/orders``
-    that was a write call of 50-80 ms every 2-3 s once the first five were used, the
-    commits of both workers' groups waiting on it: most of the orders over 50 ms.
+    keeping up to ``min_wal_size`` (80 MB by default) of them. A new server has written
+    little WAL, so it has few to recycle; past those, each next segment is created, 16 MB
+    written with zeros and synced, by the backend that needs it while its commit waits. In a
+    50 s orders phase of ``bench/orders`` that was a write call of 50-80 ms every 2-3 s once
+    the first five were used (18 of them), both workers' groups waiting on each: its slowest
+    orders.
 
     So ``min_wal_size`` is raised (a setting production servers raise for the same reason),
     that many segments are written (one row, then a switch to the next segment, each time)
